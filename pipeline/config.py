@@ -1,0 +1,118 @@
+"""Run configuration: one YAML or TOML file, validated, every field defaulted.
+
+The run id is a digest of the fields that decide what a run produces (not of where or how fast
+it runs: device and batch size are left out), so running the same config again resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+# Fields that change neither images nor scores; excluded from the run id.
+_EXECUTION_FIELDS = {"device", "batch_size"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourcesConfig(_Strict):
+    """Which seeds to sample and how to split them into shards."""
+
+    count: StrictInt = Field(64, ge=1, le=10_000_000, description="number of source faces")
+    first_seed: StrictInt = Field(0, ge=0, lt=2**62, description="seed of the first face; seeds are consecutive")
+    shard_size: StrictInt = Field(64, ge=1, le=100_000, description="seeds per shard (one Parquet file each)")
+
+
+class GeneratorConfig(_Strict):
+    """The face generator. `kind: null` takes the profile's default."""
+
+    kind: Literal["dcgan", "stylegan2"] | None = None
+    checkpoint: str | None = Field(None, description="weights file; null uses the profile's asset")
+    truncation_psi: float = Field(1.0, ge=0.0, le=1.0, description="StyleGAN2 truncation towards the mean w")
+
+
+class RunConfig(_Strict):
+    """Everything a `generate` run needs."""
+
+    profile: Literal["demo", "ffhq"] = "demo"
+    sources: SourcesConfig = SourcesConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    batch_size: StrictInt = Field(32, ge=1, le=4096, description="images per model call")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _generator_fits_profile(self) -> RunConfig:
+        kind = self.generator_kind
+        if kind == "stylegan2" and not self.generator.checkpoint:
+            raise ValueError("generator.checkpoint: a StyleGAN2 generator needs a checkpoint path (.pt, .pkl or .safetensors)")
+        if self.profile == "ffhq" and kind != "stylegan2":
+            raise ValueError("generator.kind: the ffhq profile uses a StyleGAN2 generator")
+        return self
+
+    @property
+    def generator_kind(self) -> str:
+        return self.generator.kind or ("stylegan2" if self.profile == "ffhq" else "dcgan")
+
+    @property
+    def run_id(self) -> str:
+        identity = self.model_dump(mode="json", exclude=_EXECUTION_FIELDS)
+        identity["generator"]["kind"] = self.generator_kind
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        return f"{self.profile}-{digest[:12]}"
+
+    @property
+    def seeds(self) -> range:
+        return range(self.sources.first_seed, self.sources.first_seed + self.sources.count)
+
+
+def parse_config(data: Any, *, source: str = "config") -> RunConfig:
+    """Validate a mapping; errors become one `ConfigError` line naming each bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_describe(error)}") from None
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read and validate a YAML (.yaml, .yml) or TOML (.toml) run config."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({_one_line(error)})") from None
+    return parse_config(data, source=str(path))
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown key")
+        elif item["type"] == "value_error":
+            parts.append(str(item["ctx"]["error"]))
+        else:
+            parts.append(f"{where}: {item['msg'].lower()} (got {item['input']!r})")
+    return "; ".join(parts)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())

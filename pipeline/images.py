@@ -1,0 +1,65 @@
+"""Image files: atomic PNG writes with digests, and contact sheets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import ImageError
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 (H, W, 3) RGB to PNG bytes (deterministic for the same pixels)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f"image: expected uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def write_atomic(data: bytes, path: Path) -> str:
+    """Write bytes under a temporary name, fsync, rename; return their SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return hashlib.sha256(data).hexdigest()
+
+
+def contact_sheet(images: np.ndarray, *, columns: int | None = None, scale: int = 2, gap: int = 2) -> np.ndarray:
+    """A grid of uint8 (N, H, W, 3) images, upscaled `scale` times (nearest), on white."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) == 0:
+        raise ImageError(f"contact sheet: expected uint8 (N, H, W, 3) with N > 0, got {images.dtype} {images.shape}")
+    count, height, width, _ = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    cell_h, cell_w = height * scale, width * scale
+    sheet = np.full((rows * (cell_h + gap) + gap, columns * (cell_w + gap) + gap, 3), 255, np.uint8)
+    enlarged = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    for index, image in enumerate(enlarged):
+        top = gap + (index // columns) * (cell_h + gap)
+        left = gap + (index % columns) * (cell_w + gap)
+        sheet[top : top + cell_h, left : left + cell_w] = image
+    return sheet
+
+
+def read_png(path: Path) -> np.ndarray:
+    """A PNG as uint8 (H, W, 3) RGB."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as error:
+        raise ImageError(f"{path}: not a readable image ({error})") from None

@@ -1,0 +1,123 @@
+"""Writing and reading the Parquet shards of a run's manifest.
+
+A shard file is committed by an atomic rename: rows go to a dot-prefixed temporary file in the
+final directory, which is flushed, fsynced and read back before `os.replace` gives it its final
+name. Readers (and pyarrow's dataset discovery) skip dot-prefixed names, so a crash never shows
+a half-written shard, and a finished shard is never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import pipeline
+from data_schemas import SCHEMA_METADATA_KEY, manifest_schema, schema_for_version
+from pipeline.errors import ManifestError
+
+MANIFEST_DIR = "manifest"
+
+
+def shard_filename(shard: int) -> str:
+    return f"shard-{shard:05d}.parquet"
+
+
+def to_table(rows: Mapping[str, Sequence], *, run_id: str) -> pa.Table:
+    """Columns to a table of the current schema; fails naming the column that does not fit."""
+    schema = manifest_schema(run_id=run_id, creator_version=pipeline.__version__)
+    missing = [f.name for f in schema if f.name not in rows]
+    extra = sorted(set(rows) - set(schema.names))
+    if missing or extra:
+        raise ManifestError(f"manifest rows: missing columns {missing}, unexpected columns {extra}")
+    arrays = []
+    for field in schema:
+        try:
+            arrays.append(pa.array(rows[field.name], type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as error:
+            raise ManifestError(f"manifest column {field.name!r}: expected {field.type} ({error})") from None
+        if not field.nullable and arrays[-1].null_count:
+            raise ManifestError(f"manifest column {field.name!r}: {arrays[-1].null_count} nulls in a required column")
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_shard(table: pa.Table, path: Path) -> Path:
+    """Write `table` to `path` atomically; refuse to overwrite a finished shard."""
+    path = Path(path)
+    if path.exists():
+        raise ManifestError(f"{path}: shard already exists; finished shards are never rewritten")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+            handle.flush()
+            os.fsync(handle.fileno())
+        written = pq.read_table(temp)
+        if written.num_rows != table.num_rows or not written.schema.equals(table.schema):
+            raise ManifestError(f"{temp}: read-back does not match what was written")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+    return path
+
+
+def read_shard(path: Path) -> pa.Table:
+    """One shard, validated against the schema version recorded in its metadata."""
+    path = Path(path)
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ManifestError(f"{path}: not a readable Parquet file ({error})") from None
+    validate_schema(schema, source=str(path))
+    return pq.read_table(path, schema=schema)
+
+
+def read_manifest(run_dir: Path) -> pa.Table:
+    """All finished shards of a run, in shard order."""
+    files = shard_files(run_dir)
+    if not files:
+        raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: no manifest shards found")
+    return pa.concat_tables([read_shard(f) for f in files])
+
+
+def shard_files(run_dir: Path) -> list[Path]:
+    """Finished shard files (temporary dot-files excluded), sorted by name."""
+    directory = Path(run_dir) / MANIFEST_DIR
+    return sorted(p for p in directory.glob("shard-*.parquet") if not p.name.startswith("."))
+
+
+def validate_schema(schema: pa.Schema, *, source: str) -> str:
+    """Check a file's schema against the one its version declares; return the version."""
+    raw = (schema.metadata or {}).get(SCHEMA_METADATA_KEY)
+    if raw is None:
+        raise ManifestError(f"{source}: no exprlock schema metadata; not an exprlock manifest")
+    version = json.loads(raw).get("schema_version", "?")
+    try:
+        expected = schema_for_version(version)
+    except KeyError:
+        raise ManifestError(f"{source}: unknown manifest schema version {version!r}") from None
+    for field in expected:
+        if field.name not in schema.names:
+            raise ManifestError(f"{source}: column {field.name!r} is missing (schema {version})")
+        found = schema.field(field.name).type
+        if found != field.type:
+            raise ManifestError(f"{source}: column {field.name!r} has type {found}, expected {field.type}")
+    extra = sorted(set(schema.names) - set(expected.names))
+    if extra:
+        raise ManifestError(f"{source}: unexpected columns {extra} for schema {version}")
+    return version
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

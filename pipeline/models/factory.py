@@ -1,0 +1,41 @@
+"""Build the generator a run config asks for, once per process and device."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.models.assets import asset_path, file_sha256
+from pipeline.models.generator import FaceGenerator
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is CUDA when present, else the CPU; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+@lru_cache(maxsize=4)
+def load_generator(
+    kind: str, checkpoint: str | None, truncation_psi: float, device: str
+) -> tuple[FaceGenerator, str, str]:
+    """(generator, provenance name, weights SHA-256); cached because loading costs seconds."""
+    if kind == "dcgan":
+        from pipeline.models.dcgan import load_dcgan
+
+        path = Path(checkpoint) if checkpoint else asset_path("dcgan-digiface")
+        name = "dcgan:" + ("dcgan-digiface" if checkpoint is None else path.name)
+        return load_dcgan(path, device=device), name, file_sha256(path)
+    if kind == "stylegan2":
+        from pipeline.models.stylegan2_checkpoints import load_stylegan2
+
+        path = Path(checkpoint or "")
+        generator = load_stylegan2(path, device=device, truncation_psi=truncation_psi)
+        return generator, f"stylegan2:{path.name}", file_sha256(path)
+    raise ValueError(f"generator kind {kind!r} is not one of 'dcgan', 'stylegan2'")

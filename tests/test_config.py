@@ -1,0 +1,65 @@
+"""Run configs: defaults, one-line errors naming the field, a content-derived run id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config, parse_config
+from pipeline.errors import ConfigError
+
+
+def test_minimal_yaml_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("profile: demo\nsources: {count: 8}\n")
+    config = load_config(path)
+    assert config.sources.count == 8
+    assert config.generator_kind == "dcgan"
+    assert list(config.seeds) == list(range(8))
+
+
+def test_toml_equals_yaml(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('profile = "demo"\n[sources]\ncount = 8\n')
+    (tmp_path / "a.yaml").write_text("profile: demo\nsources: {count: 8}\n")
+    assert load_config(tmp_path / "a.toml") == load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"sources": {"count": 8, "shard": 4}}, "sources.shard: unknown key"),
+        ({"profil": "demo"}, "profil: unknown key"),
+        ({"sources": {"count": "eight"}}, "sources.count: input should be a valid integer (got 'eight')"),
+        ({"sources": {"count": 8.5}}, "sources.count: input should be a valid integer"),
+        ({"sources": {"count": 0}}, "sources.count: input should be greater than or equal to 1"),
+        ({"profile": "celeba"}, "profile: input should be 'demo' or 'ffhq'"),
+        ({"profile": "ffhq"}, "generator.checkpoint: a StyleGAN2 generator needs a checkpoint path"),
+        ({"profile": "ffhq", "generator": {"kind": "dcgan"}}, "generator.kind: the ffhq profile uses a StyleGAN2"),
+        ([1, 2], "expected a mapping of settings at the top level, got list"),
+    ],
+)
+def test_bad_configs_name_the_field(data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, source="run.yaml")
+    text = str(caught.value)
+    assert text.startswith("run.yaml: ") and message in text
+    assert "\n" not in text
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sources: {count: 8\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(broken)
+
+
+def test_run_id_follows_content_not_execution_settings() -> None:
+    base = parse_config({"sources": {"count": 8}})
+    assert base.run_id == parse_config({"sources": {"count": 8}, "generator": {"kind": "dcgan"}}).run_id
+    assert base.run_id == parse_config({"sources": {"count": 8}, "device": "cpu", "batch_size": 3}).run_id
+    assert base.run_id != parse_config({"sources": {"count": 9}}).run_id
+    assert base.run_id != parse_config({"sources": {"count": 8, "first_seed": 1}}).run_id
+    assert base.run_id.startswith("demo-")

@@ -1,0 +1,77 @@
+"""The `generate` flow on Prefect's ephemeral API, and the CLI around it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from data_schemas import Col
+from flows.cli import app
+from pipeline.config import load_config
+from pipeline.manifest import read_manifest
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> None:
+    """A temporary Prefect API and database for this module, stopped at its end."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text("profile: demo\nsources: {count: 8, shard_size: 3}\n")
+    return path
+
+
+@pytest.mark.slow
+def test_flow_writes_then_resumes(prefect_api: None, config_file: Path, tmp_path: Path) -> None:
+    from flows.generate import generate
+
+    out = tmp_path / "run"
+    first = generate(str(config_file), str(out))
+    assert (first["shards_written"], first["shards_skipped"], first["rows_written"]) == (3, 0, 8)
+    table = read_manifest(out)
+    assert table.column(Col.SEED).to_pylist() == list(range(8))
+    assert table.column(Col.RUN_ID)[0].as_py() == load_config(config_file).run_id
+    assert Path(first["contact_sheet"]).is_file()
+
+    (out / "manifest" / "shard-00002.parquet").unlink()
+    second = generate(str(config_file), str(out))
+    assert (second["shards_written"], second["shards_skipped"]) == (1, 2)
+    assert read_manifest(out).column(Col.SEED).to_pylist() == list(range(8))
+
+
+def test_cli_dry_run_prints_the_run_id(config_file: Path) -> None:
+    result = runner.invoke(app, ["generate", "--config", str(config_file), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert load_config(config_file).run_id in result.output
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: demo\nsources: {count: many}\n")
+    result = runner.invoke(app, ["generate", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "sources.count: input should be a valid integer (got 'many')" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_assets_list_shows_state_and_licence() -> None:
+    result = runner.invoke(app, ["assets", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"name": "dcgan-digiface"' in result.output and '"state": "ok"' in result.output
+    assert "DigiFace-1M" in result.output
+
+
+def test_cli_unknown_asset_is_a_clean_error() -> None:
+    result = runner.invoke(app, ["assets", "fetch", "stylegan9"])
+    assert result.exit_code == 2
+    assert "unknown asset 'stylegan9'" in result.output

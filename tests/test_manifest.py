@@ -1,0 +1,127 @@
+"""Manifest shards: schema-checked writes, atomic commits, validated reads."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from data_schemas import COLUMNS, CURRENT_VERSION, SCHEMA_METADATA_KEY, Col, schema_for_version
+from pipeline.errors import ManifestError
+from pipeline.manifest import read_manifest, read_shard, shard_files, to_table, write_shard
+
+
+def _rows(n: int, shard: int = 0) -> dict[str, list]:
+    rng = np.random.default_rng(shard)
+    return {
+        Col.RUN_ID: ["demo-abc"] * n,
+        Col.SHARD: [shard] * n,
+        Col.SEED: list(range(shard * n, shard * n + n)),
+        Col.LATENT: [rng.standard_normal(4).astype(np.float32) for _ in range(n)],
+        Col.LATENT_SHAPE: [[4]] * n,
+        Col.GENERATOR: ["dcgan:dcgan-digiface"] * n,
+        Col.GENERATOR_SHA256: ["0" * 64] * n,
+        Col.IMAGE_SOURCE: [f"images/seed-{i}.png" for i in range(n)],
+        Col.IMAGE_SOURCE_SHA256: ["f" * 64] * n,
+        Col.SCHEMA_VERSION: [CURRENT_VERSION] * n,
+        Col.CREATED_AT: [datetime(2026, 1, 1, tzinfo=timezone.utc)] * n,
+    }
+
+
+def test_round_trip_with_pyarrow_and_pandas(tmp_path: Path) -> None:
+    rows = _rows(5)
+    path = write_shard(to_table(rows, run_id="demo-abc"), tmp_path / "manifest" / "shard-00000.parquet")
+    table = read_shard(path)
+    assert table.column_names == list(COLUMNS)
+    assert table.column(Col.SEED).to_pylist() == rows[Col.SEED]
+    np.testing.assert_array_equal(np.stack(table.column(Col.LATENT).to_pylist()), np.stack(rows[Col.LATENT]))
+    frame = pd.read_parquet(path)
+    assert frame[Col.IMAGE_SOURCE].tolist() == rows[Col.IMAGE_SOURCE]
+    assert str(frame[Col.CREATED_AT].dt.tz) == "UTC"
+    metadata = json.loads(pq.read_schema(path).metadata[SCHEMA_METADATA_KEY])
+    assert metadata["schema_version"] == CURRENT_VERSION and metadata["run_id"] == "demo-abc"
+    field = pq.read_schema(path).field(Col.SEED)
+    assert b"seed" in field.metadata[b"description"]
+
+
+def test_pyarrow_dataset_discovery_skips_temporary_files(tmp_path: Path) -> None:
+    directory = tmp_path / "manifest"
+    write_shard(to_table(_rows(3, 0), run_id="demo-abc"), directory / "shard-00000.parquet")
+    (directory / ".shard-00001.parquet.1234.tmp").write_bytes(b"half a file")
+    assert ds.dataset(directory, format="parquet").count_rows() == 3
+    assert [p.name for p in shard_files(tmp_path)] == ["shard-00000.parquet"]
+    assert read_manifest(tmp_path).num_rows == 3
+
+
+def test_a_wrong_value_type_names_the_column() -> None:
+    rows = _rows(2)
+    rows[Col.SEED] = ["one", "two"]
+    with pytest.raises(ManifestError, match="manifest column 'seed': expected int64"):
+        to_table(rows, run_id="demo-abc")
+
+
+def test_missing_and_extra_columns_are_named() -> None:
+    rows = _rows(2)
+    del rows[Col.IMAGE_SOURCE]
+    rows["colour"] = ["red", "blue"]
+    with pytest.raises(ManifestError, match=r"missing columns \['image_source'\], unexpected columns \['colour'\]"):
+        to_table(rows, run_id="demo-abc")
+
+
+def test_finished_shard_is_never_overwritten(tmp_path: Path) -> None:
+    path = write_shard(to_table(_rows(2), run_id="demo-abc"), tmp_path / "shard-00000.parquet")
+    before = path.read_bytes()
+    with pytest.raises(ManifestError, match="already exists"):
+        write_shard(to_table(_rows(3), run_id="demo-abc"), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["shard-00000.parquet"]
+
+
+def test_file_with_a_retyped_column_is_refused(tmp_path: Path) -> None:
+    table = to_table(_rows(2), run_id="demo-abc")
+    retyped = table.set_column(
+        table.schema.get_field_index(Col.SHARD), pa.field(Col.SHARD, pa.string()), pa.array(["0", "0"])
+    ).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(retyped, tmp_path / "bad.parquet")
+    with pytest.raises(ManifestError, match="column 'shard' has type string, expected int32"):
+        read_shard(tmp_path / "bad.parquet")
+
+
+def test_foreign_and_unknown_version_files_are_refused(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "foreign.parquet")
+    with pytest.raises(ManifestError, match="not an exprlock manifest"):
+        read_shard(tmp_path / "foreign.parquet")
+    table = to_table(_rows(1), run_id="demo-abc")
+    future = table.replace_schema_metadata({SCHEMA_METADATA_KEY: json.dumps({"schema_version": "9.0"}).encode()})
+    pq.write_table(future, tmp_path / "future.parquet")
+    with pytest.raises(ManifestError, match="unknown manifest schema version '9.0'"):
+        read_shard(tmp_path / "future.parquet")
+    (tmp_path / "garbage.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ManifestError, match="garbage.parquet: not a readable Parquet file"):
+        read_shard(tmp_path / "garbage.parquet")
+
+
+def test_missing_column_is_named(tmp_path: Path) -> None:
+    table = to_table(_rows(1), run_id="demo-abc")
+    pq.write_table(table.drop_columns([Col.LATENT_SHAPE]).replace_schema_metadata(table.schema.metadata), tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match="column 'latent_shape' is missing"):
+        read_shard(tmp_path / "m.parquet")
+
+
+def test_required_columns_refuse_nulls() -> None:
+    rows = _rows(2)
+    rows[Col.IMAGE_SOURCE] = ["images/a.png", None]
+    with pytest.raises(ManifestError, match="'image_source': 1 nulls in a required column"):
+        to_table(rows, run_id="demo-abc")
+
+
+def test_schema_fields_all_documented() -> None:
+    for field in schema_for_version(CURRENT_VERSION):
+        assert field.metadata[b"description"], field.name
