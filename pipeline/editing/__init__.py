@@ -1,0 +1,1 @@
+"""Latent editing: linear directions, the latent editor, the HFLD loss, training and refinement."""
