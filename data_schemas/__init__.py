@@ -1,19 +1,23 @@
 """The Parquet manifest schema: declared once, versioned, validated on write and read."""
 
 from data_schemas.manifest import (
+    ATTRIBUTE_FIELDS,
     COLUMNS,
     CURRENT_VERSION,
     SCHEMA_METADATA_KEY,
+    EMOTION_LABELS,
     Col,
     manifest_schema,
     schema_for_version,
 )
 
 __all__ = [
+    "ATTRIBUTE_FIELDS",
     "COLUMNS",
     "CURRENT_VERSION",
     "SCHEMA_METADATA_KEY",
     "Col",
+    "EMOTION_LABELS",
     "manifest_schema",
     "schema_for_version",
 ]

@@ -1,4 +1,10 @@
-"""Manifest schema v1: one row per generated source face.
+"""The manifest schema: one row per (source face, edit).
+
+Version 1.0 holds the source columns. Version 1.1 adds, all nullable, the edit (attribute,
+strength, editor, lambda, edited latent and image) and the scores of both faces: emotion
+probabilities and label, flip flag, Jensen-Shannon divergence, identity cosine, landmark NME,
+attribute scores, face detection, and the provenance of every model that produced a score. A
+run without edits writes one row per source with the edit columns null.
 
 Every field carries a description (and unit where one applies) in its metadata; the schema
 metadata carries the schema version and a creator record. Column names are the constants of
@@ -13,7 +19,7 @@ import json
 
 import pyarrow as pa
 
-CURRENT_VERSION = "1.0"
+CURRENT_VERSION = "1.1"
 SCHEMA_METADATA_KEY = b"exprlock"
 
 
@@ -31,6 +37,47 @@ class Col:
     IMAGE_SOURCE_SHA256 = "image_source_sha256"
     SCHEMA_VERSION = "schema_version"
     CREATED_AT = "created_at"
+    ATTRIBUTE = "attribute"
+    STRENGTH = "strength"
+    EDITOR = "editor"
+    HFLD_LAMBDA = "hfld_lambda"
+    LATENT_EDIT = "latent_edit"
+    IMAGE_EDIT = "image_edit"
+    IMAGE_EDIT_SHA256 = "image_edit_sha256"
+    EMOTION_SOURCE = "emotion_source"
+    EMOTION_EDIT = "emotion_edit"
+    EMOTION_PROBS_SOURCE = "emotion_probs_source"
+    EMOTION_PROBS_EDIT = "emotion_probs_edit"
+    EMOTION_FLIPPED = "emotion_flipped"
+    EMOTION_JS = "emotion_js"
+    IDENTITY_COSINE = "identity_cosine"
+    LANDMARK_NME = "landmark_nme"
+    ATTRIBUTE_SCORE_SOURCE = "attribute_score_source"
+    ATTRIBUTE_SCORE_EDIT = "attribute_score_edit"
+    ATTRIBUTES_SOURCE = "attributes_source"
+    ATTRIBUTES_EDIT = "attributes_edit"
+    FACE_DETECTED_SOURCE = "face_detected_source"
+    FACE_DETECTED_EDIT = "face_detected_edit"
+    FACE_SCORE_SOURCE = "face_score_source"
+    FACE_SCORE_EDIT = "face_score_edit"
+    MODELS = "models"
+
+
+EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+"""FER2013 class order of every `emotion_probs_*` list."""
+
+ATTRIBUTE_FIELDS = (
+    ("p_female", "Adience gender net: probability of female, 0-1"),
+    ("age", "Adience age net: expected age over its 8 buckets, years"),
+    ("yaw", "Head yaw from FaceMesh landmarks, degrees"),
+    ("pitch", "Head pitch from FaceMesh landmarks, degrees"),
+    ("roll", "Head roll from FaceMesh landmarks, degrees"),
+    ("hair_lightness", "CIELAB L* of the hair region, 0-100"),
+    ("hair_redness", "CIELAB a* of the hair region"),
+    ("hair_yellowness", "CIELAB b* of the hair region"),
+    ("skin_lightness", "CIELAB L* of the skin region, 0-100"),
+)
+"""The scalar attribute scores, in the order of the `attributes_*` struct fields."""
 
 
 def _field(name: str, dtype: pa.DataType, description: str, *, nullable: bool = False) -> pa.Field:
@@ -51,8 +98,48 @@ _FIELDS_V1 = (
     _field(Col.CREATED_AT, pa.timestamp("us", tz="UTC"), "When the row's shard was written (UTC)"),
 )
 
-_SCHEMAS = {"1.0": _FIELDS_V1}
-COLUMNS = tuple(field.name for field in _FIELDS_V1)
+_ATTRIBUTES = pa.struct(
+    [pa.field(name, pa.float32(), metadata={b"description": text.encode()}) for name, text in ATTRIBUTE_FIELDS]
+)
+_MODEL_RECORD = pa.struct(
+    [
+        pa.field("role", pa.string()),
+        pa.field("name", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("licence", pa.string()),
+    ]
+)
+_PROBS = pa.list_(pa.float32(), len(EMOTION_LABELS))
+
+_FIELDS_V1_1 = _FIELDS_V1 + (
+    _field(Col.ATTRIBUTE, pa.string(), "Edited attribute, e.g. age; null for a source-only row", nullable=True),
+    _field(Col.STRENGTH, pa.float32(), "Edit strength along the attribute (latent units)", nullable=True),
+    _field(Col.EDITOR, pa.string(), "Edit method: linear, linear_projected, editor, editor_hfld, refined", nullable=True),
+    _field(Col.HFLD_LAMBDA, pa.float32(), "Weight of the HFLD landmark loss the edit was made with", nullable=True),
+    _field(Col.LATENT_EDIT, pa.list_(pa.float32()), "Edited latent, flattened in C order", nullable=True),
+    _field(Col.IMAGE_EDIT, pa.string(), "PNG of the edited face, relative to the run directory", nullable=True),
+    _field(Col.IMAGE_EDIT_SHA256, pa.string(), "SHA-256 of the edited PNG file bytes", nullable=True),
+    _field(Col.EMOTION_SOURCE, pa.string(), "Top FER2013 emotion of the source face", nullable=True),
+    _field(Col.EMOTION_EDIT, pa.string(), "Top FER2013 emotion of the edited face", nullable=True),
+    _field(Col.EMOTION_PROBS_SOURCE, _PROBS, "Emotion probabilities of the source, EMOTION_LABELS order", nullable=True),
+    _field(Col.EMOTION_PROBS_EDIT, _PROBS, "Emotion probabilities of the edit, EMOTION_LABELS order", nullable=True),
+    _field(Col.EMOTION_FLIPPED, pa.bool_(), "Top emotion of the edit differs from the source's", nullable=True),
+    _field(Col.EMOTION_JS, pa.float32(), "Jensen-Shannon divergence of the two emotion distributions, bits, 0-1", nullable=True),
+    _field(Col.IDENTITY_COSINE, pa.float32(), "Cosine similarity of the SFace embeddings of source and edit", nullable=True),
+    _field(Col.LANDMARK_NME, pa.float32(), "Mean FaceMesh landmark distance / inter-ocular distance", nullable=True),
+    _field(Col.ATTRIBUTE_SCORE_SOURCE, pa.float32(), "Score of the edited attribute on the source", nullable=True),
+    _field(Col.ATTRIBUTE_SCORE_EDIT, pa.float32(), "Score of the edited attribute on the edit", nullable=True),
+    _field(Col.ATTRIBUTES_SOURCE, _ATTRIBUTES, "All attribute scores of the source face", nullable=True),
+    _field(Col.ATTRIBUTES_EDIT, _ATTRIBUTES, "All attribute scores of the edited face", nullable=True),
+    _field(Col.FACE_DETECTED_SOURCE, pa.bool_(), "YuNet found a face in the source", nullable=True),
+    _field(Col.FACE_DETECTED_EDIT, pa.bool_(), "YuNet found a face in the edit", nullable=True),
+    _field(Col.FACE_SCORE_SOURCE, pa.float32(), "YuNet confidence of the best source face, 0 when none", nullable=True),
+    _field(Col.FACE_SCORE_EDIT, pa.float32(), "YuNet confidence of the best edited face, 0 when none", nullable=True),
+    _field(Col.MODELS, pa.list_(_MODEL_RECORD), "Models behind the scores: role, asset name, SHA-256, licence", nullable=True),
+)
+
+_SCHEMAS = {"1.0": _FIELDS_V1, "1.1": _FIELDS_V1_1}
+COLUMNS = tuple(field.name for field in _SCHEMAS[CURRENT_VERSION])
 
 
 def schema_for_version(version: str) -> pa.Schema:

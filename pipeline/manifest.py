@@ -29,8 +29,13 @@ def shard_filename(shard: int) -> str:
 
 
 def to_table(rows: Mapping[str, Sequence], *, run_id: str) -> pa.Table:
-    """Columns to a table of the current schema; fails naming the column that does not fit."""
+    """Columns to a table of the current schema; fails naming the column that does not fit.
+
+    Nullable columns left out are written as nulls; required ones must be given.
+    """
     schema = manifest_schema(run_id=run_id, creator_version=pipeline.__version__)
+    count = len(next(iter(rows.values()), []))
+    rows = {**{f.name: [None] * count for f in schema if f.nullable}, **rows}
     missing = [f.name for f in schema if f.name not in rows]
     extra = sorted(set(rows) - set(schema.names))
     if missing or extra:
@@ -80,11 +85,11 @@ def read_shard(path: Path) -> pa.Table:
 
 
 def read_manifest(run_dir: Path) -> pa.Table:
-    """All finished shards of a run, in shard order."""
+    """All finished shards of a run, in shard order; older-version shards gain null columns."""
     files = shard_files(run_dir)
     if not files:
         raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: no manifest shards found")
-    return pa.concat_tables([read_shard(f) for f in files])
+    return pa.concat_tables([read_shard(f) for f in files], promote_options="default")
 
 
 def shard_files(run_dir: Path) -> list[Path]:

@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from data_schemas import COLUMNS, CURRENT_VERSION, SCHEMA_METADATA_KEY, Col, schema_for_version
+from data_schemas import COLUMNS, CURRENT_VERSION, EMOTION_LABELS, SCHEMA_METADATA_KEY, Col, schema_for_version
 from pipeline.errors import ManifestError
 from pipeline.manifest import read_manifest, read_shard, shard_files, to_table, write_shard
 
@@ -125,3 +125,28 @@ def test_required_columns_refuse_nulls() -> None:
 def test_schema_fields_all_documented() -> None:
     for field in schema_for_version(CURRENT_VERSION):
         assert field.metadata[b"description"], field.name
+
+
+def test_version_1_0_shards_stay_readable_beside_current_ones(tmp_path: Path) -> None:
+    old_rows = _rows(2, shard=0)
+    old_rows[Col.SCHEMA_VERSION] = ["1.0"] * 2
+    old_schema = schema_for_version("1.0").with_metadata({SCHEMA_METADATA_KEY: json.dumps({"schema_version": "1.0"}).encode()})
+    old = pa.table({f.name: pa.array(old_rows[f.name], f.type) for f in old_schema}, schema=old_schema)
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(old, tmp_path / "manifest" / "shard-00000.parquet")
+    assert read_shard(tmp_path / "manifest" / "shard-00000.parquet").column_names == list(old_schema.names)
+
+    new_rows = _rows(3, shard=1)
+    new_rows[Col.EMOTION_PROBS_SOURCE] = [[1 / len(EMOTION_LABELS)] * len(EMOTION_LABELS)] * 3
+    write_shard(to_table(new_rows, run_id="demo-abc"), tmp_path / "manifest" / "shard-00001.parquet")
+    table = read_manifest(tmp_path)
+    assert table.num_rows == 5
+    assert table.column(Col.EMOTION_PROBS_SOURCE).null_count == 2
+    assert table.column(Col.SCHEMA_VERSION).to_pylist() == ["1.0", "1.0", CURRENT_VERSION, CURRENT_VERSION, CURRENT_VERSION]
+
+
+def test_emotion_probabilities_must_have_one_value_per_label() -> None:
+    rows = _rows(1)
+    rows[Col.EMOTION_PROBS_SOURCE] = [[0.5, 0.5]]
+    with pytest.raises(ManifestError, match="manifest column 'emotion_probs_source'"):
+        to_table(rows, run_id="demo-abc")
