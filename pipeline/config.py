@@ -41,12 +41,20 @@ class GeneratorConfig(_Strict):
     truncation_psi: float = Field(1.0, ge=0.0, le=1.0, description="StyleGAN2 truncation towards the mean w")
 
 
+class ScoringConfig(_Strict):
+    """Which scores each face gets; see `pipeline.scoring`."""
+
+    enabled: bool = Field(True, description="score faces (emotion, identity, landmarks, detection, attributes)")
+    attributes: bool = Field(True, description="also run the Adience gender and age nets (the slowest scorers)")
+
+
 class RunConfig(_Strict):
     """Everything a `generate` run needs."""
 
     profile: Literal["demo", "ffhq"] = "demo"
     sources: SourcesConfig = SourcesConfig()
     generator: GeneratorConfig = GeneratorConfig()
+    scoring: ScoringConfig = ScoringConfig()
     batch_size: StrictInt = Field(32, ge=1, le=4096, description="images per model call")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

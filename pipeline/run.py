@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import pipeline
 from data_schemas import CURRENT_VERSION, Col
@@ -22,6 +23,8 @@ from pipeline.errors import ConfigError
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.manifest import MANIFEST_DIR, read_manifest, shard_filename, to_table, write_shard
 from pipeline.models.factory import load_generator, resolve_device
+from pipeline.models.generator import to_uint8
+from pipeline.scoring import concat_scores, load_scorer, source_score_columns
 
 CONFIG_FILE = "config.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -76,11 +79,16 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     generator, generator_name, generator_sha = load_generator(
         config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, str(device)
     )
-    latents, image_paths, image_hashes = [], [], []
+    scorer = load_scorer(str(device), config.scoring.attributes) if config.scoring.enabled else None
+    latents, image_paths, image_hashes, scores = [], [], [], []
     for start in range(0, len(seeds), config.batch_size):
         batch = seeds[start : start + config.batch_size]
         batch_latents = generator.sample_latents(batch)
-        images = generator.render(batch_latents).numpy()
+        with torch.no_grad():
+            floats = generator.synthesize(batch_latents)
+        images = to_uint8(floats).numpy()
+        if scorer is not None:
+            scores.append(scorer.score(floats))
         latents.append(batch_latents.detach().float().cpu().numpy())
         for seed, image in zip(batch, images, strict=True):
             relative = Path("images") / f"shard-{index:05d}" / f"seed-{seed:09d}.png"
@@ -101,6 +109,8 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
         Col.SCHEMA_VERSION: [CURRENT_VERSION] * len(seeds),
         Col.CREATED_AT: [created] * len(seeds),
     }
+    if scorer is not None:
+        rows.update(source_score_columns(concat_scores(scores), scorer.provenance()))
     write_shard(to_table(rows, run_id=config.run_id), path)
     return ShardResult(index, path, len(seeds), skipped=False)
 

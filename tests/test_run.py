@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from data_schemas import Col
@@ -84,3 +85,25 @@ def test_contact_sheet_shows_the_faces(tmp_path: Path) -> None:
     # 10 faces at 2x scale in a 4-column grid with 2 px gaps.
     assert sheet.shape == (3 * 130 + 2, 4 * 130 + 2, 3)
     np.testing.assert_array_equal(sheet[2:130:2, 2:130:2], first)
+
+
+def test_source_scores_are_written_with_their_models(tmp_path: Path) -> None:
+    from data_schemas import EMOTION_LABELS
+    from pipeline.models.assets import REGISTRY
+    from pipeline.scoring import load_scorer
+
+    _run_all(tmp_path)
+    table = read_manifest(tmp_path)
+    probs = np.asarray(table.column(Col.EMOTION_PROBS_SOURCE).to_pylist())
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert table.column(Col.EMOTION_SOURCE).to_pylist() == [EMOTION_LABELS[i] for i in probs.argmax(axis=1)]
+    generator = load_dcgan()
+    with torch.no_grad():
+        expected = load_scorer("cpu", True).score(generator.synthesize(generator.sample_latents([40])))
+    np.testing.assert_allclose(probs[0], expected.emotion_probs[0], atol=1e-5)
+    first = table.column(Col.ATTRIBUTES_SOURCE)[0].as_py()
+    assert first["p_female"] == pytest.approx(float(expected.attribute("p_female")[0]), abs=1e-4)
+    assert table.column(Col.FACE_DETECTED_SOURCE).to_pylist()[0] == bool(expected.face_found[0])
+    models = {m["role"]: m for m in table.column(Col.MODELS)[0].as_py()}
+    assert models["identity"]["sha256"] == REGISTRY["sface"].sha256
+    assert table.column(Col.IMAGE_EDIT).null_count == table.num_rows

@@ -1,0 +1,206 @@
+"""Batch scoring of generated faces and of (source, edit) pairs.
+
+`FaceScorer.score` runs every model once per batch: FaceMesh landmarks, mini-Xception emotion,
+SFace identity (aligned on five points taken from the FaceMesh landmarks, so it never depends
+on a detection), YuNet detection and quality, Adience gender and age, head pose and hair/skin
+colour. `compare` turns the scores of sources and their edits into the manifest's pair metrics:
+emotion flip, Jensen-Shannon divergence, identity cosine and landmark NME.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from data_schemas import ATTRIBUTE_FIELDS, EMOTION_LABELS, Col
+from pipeline.editing.hfld import landmark_nme
+from pipeline.models.assets import REGISTRY
+from pipeline.models.attributes import AdienceGenderAge, colour_attributes, head_pose
+from pipeline.models.detector import FaceDetector
+from pipeline.models.emotion import EmotionClassifier
+from pipeline.models.facemesh import LEFT_EYE, RIGHT_EYE, FaceMeshLandmarker
+from pipeline.models.generator import to_uint8
+from pipeline.models.identity import IdentityEncoder, align_faces, cosine
+
+ATTRIBUTE_NAMES = tuple(name for name, _ in ATTRIBUTE_FIELDS)
+# FaceMesh points for SFace's five-point template, in its order: eye on the image's left (the
+# subject's right), eye on the image's right, nose tip, mouth corner on the image's left, right.
+_NOSE_TIP, _MOUTH_IMAGE_LEFT, _MOUTH_IMAGE_RIGHT = 1, 61, 291
+_MODEL_ROLES = (
+    ("landmarks", "facemesh"),
+    ("emotion", "fer-mini-xception"),
+    ("identity", "sface"),
+    ("detector", "yunet"),
+    ("gender", "adience-gender-net"),
+    ("age", "adience-age-net"),
+)
+
+
+@dataclass(frozen=True)
+class FaceScores:
+    """Per-image scores of a batch; NumPy arrays with the batch first."""
+
+    emotion_probs: np.ndarray  # (N, 7) in EMOTION_LABELS order
+    landmarks: np.ndarray  # (N, 468, 3) image pixels
+    embeddings: np.ndarray  # (N, 128) unit length
+    face_found: np.ndarray  # (N,) bool
+    face_score: np.ndarray  # (N,) detector confidence, 0 when nothing was proposed
+    attributes: np.ndarray  # (N, len(ATTRIBUTE_NAMES)), NaN where undefined
+
+    @property
+    def emotion(self) -> list[str]:
+        return [EMOTION_LABELS[i] for i in self.emotion_probs.argmax(axis=1)]
+
+    def attribute(self, name: str) -> np.ndarray:
+        """One attribute column, e.g. `p_female`; KeyError lists the known names."""
+        if name not in ATTRIBUTE_NAMES:
+            raise KeyError(f"attribute {name!r}; known: {', '.join(ATTRIBUTE_NAMES)}")
+        return self.attributes[:, ATTRIBUTE_NAMES.index(name)]
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """How much an edit changed what should stay: emotion, identity, landmarks."""
+
+    emotion_flipped: np.ndarray  # (N,) bool
+    emotion_js: np.ndarray  # (N,) bits, in [0, 1]
+    identity_cosine: np.ndarray  # (N,)
+    landmark_nme: np.ndarray  # (N,)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence in bits (so in [0, 1]) between rows of two distributions."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ratio = np.divide(a, b, out=np.ones_like(a), where=a > 0)
+        return np.sum(np.where(a > 0, a * np.log2(ratio), 0.0), axis=-1)
+
+    return np.clip((kl(p, m) + kl(q, m)) / 2, 0.0, 1.0)
+
+
+def five_points(landmarks: torch.Tensor) -> torch.Tensor:
+    """SFace's five alignment points `(N, 5, 2)` from FaceMesh landmarks, in OpenCV pixels.
+
+    FaceMesh puts the centre of the top-left pixel at (0.5, 0.5), OpenCV at (0, 0).
+    """
+    right_eye = landmarks[:, list(RIGHT_EYE), :2].mean(dim=1)
+    left_eye = landmarks[:, list(LEFT_EYE), :2].mean(dim=1)
+    points = [right_eye, left_eye] + [landmarks[:, i, :2] for i in (_NOSE_TIP, _MOUTH_IMAGE_LEFT, _MOUTH_IMAGE_RIGHT)]
+    return torch.stack(points, dim=1) - 0.5
+
+
+class FaceScorer:
+    """All scoring models, loaded once; `score` takes generator images `(N, 3, R, R)` in [-1, 1].
+
+    Args:
+        device: where the torch models run (cv2 models run on the CPU).
+        attributes: also run the Adience gender and age nets (the slowest scorers); without
+            them `p_female` and `age` are NaN.
+    """
+
+    def __init__(self, *, device: str | torch.device = "cpu", attributes: bool = True) -> None:
+        self.device = torch.device(device)
+        self.landmarker = FaceMeshLandmarker().to(self.device).eval()
+        self.emotion = EmotionClassifier().to(self.device).eval()
+        self.identity = IdentityEncoder().to(self.device).eval()
+        self.detector = FaceDetector()
+        self.adience = AdienceGenderAge() if attributes else None
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> FaceScores:
+        images = images.to(self.device, torch.float32)
+        landmarks, _ = self.landmarker(images)
+        probs = torch.softmax(self.emotion(images), dim=1)
+        embeddings = self.identity(align_faces(images, five_points(landmarks)))
+        pixels = to_uint8(images).numpy()
+        detections = self.detector.detect(pixels)
+        landmarks_np = landmarks.cpu().numpy()
+        return FaceScores(
+            emotion_probs=probs.cpu().numpy().astype(np.float32),
+            landmarks=landmarks_np,
+            embeddings=embeddings.cpu().numpy(),
+            face_found=detections.found,
+            face_score=detections.scores,
+            attributes=self._attributes(pixels, landmarks_np),
+        )
+
+    def _attributes(self, pixels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        count = len(pixels)
+        columns = dict.fromkeys(ATTRIBUTE_NAMES, np.full(count, np.nan, dtype=np.float32))
+        if self.adience is not None:
+            gender_age = self.adience.predict(pixels)
+            columns["p_female"] = gender_age.p_female
+            columns["age"] = gender_age.expected_age
+        pose = head_pose(landmarks)
+        columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
+        colours = colour_attributes(pixels, landmarks)
+        columns["hair_lightness"] = colours.hair_lightness
+        columns["hair_redness"] = colours.hair_redness
+        columns["hair_yellowness"] = colours.hair_yellowness
+        columns["skin_lightness"] = colours.skin_lightness
+        return np.stack([np.asarray(columns[name], dtype=np.float32) for name in ATTRIBUTE_NAMES], axis=1)
+
+    def provenance(self) -> list[dict[str, str]]:
+        """Which asset, digest and licence stands behind each score (for the manifest)."""
+        roles = _MODEL_ROLES if self.adience is not None else _MODEL_ROLES[:4]
+        return [
+            {"role": role, "name": name, "sha256": REGISTRY[name].sha256, "licence": REGISTRY[name].licence}
+            for role, name in roles
+        ]
+
+
+def compare(source: FaceScores, edit: FaceScores) -> PairScores:
+    """Pair metrics of sources and their edits (row i of one against row i of the other)."""
+    landmarks_source = torch.from_numpy(source.landmarks[..., :2])
+    landmarks_edit = torch.from_numpy(edit.landmarks[..., :2])
+    nme = landmark_nme(landmarks_edit, landmarks_source, iod=(RIGHT_EYE, LEFT_EYE))
+    return PairScores(
+        emotion_flipped=source.emotion_probs.argmax(1) != edit.emotion_probs.argmax(1),
+        emotion_js=js_divergence(source.emotion_probs, edit.emotion_probs).astype(np.float32),
+        identity_cosine=cosine(source.embeddings, edit.embeddings).numpy().astype(np.float32),
+        landmark_nme=nme.numpy().astype(np.float32),
+    )
+
+
+def repeat_rows(scores: FaceScores, repeats: Sequence[int] | int) -> FaceScores:
+    """Each source's scores repeated, to line them up with several edits of the same source."""
+    fields = {name: np.repeat(getattr(scores, name), repeats, axis=0) for name in FaceScores.__dataclass_fields__}
+    return FaceScores(**fields)
+
+
+@lru_cache(maxsize=2)
+def load_scorer(device: str, attributes: bool) -> FaceScorer:
+    """One scorer per process and setting; loading the models takes seconds."""
+    return FaceScorer(device=device, attributes=attributes)
+
+
+def concat_scores(parts: Sequence[FaceScores]) -> FaceScores:
+    """Scores of several batches as one."""
+    return FaceScores(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in FaceScores.__dataclass_fields__})
+
+
+def attribute_records(attributes: np.ndarray) -> list[dict[str, float | None]]:
+    """Rows of the `attributes_*` struct columns; NaN becomes null."""
+    return [
+        {name: (None if np.isnan(value) else float(value)) for name, value in zip(ATTRIBUTE_NAMES, row, strict=True)}
+        for row in attributes
+    ]
+
+
+def source_score_columns(scores: FaceScores, models: list[dict[str, str]]) -> dict[str, list]:
+    """Manifest columns that describe the source face of each row."""
+    return {
+        Col.EMOTION_SOURCE: scores.emotion,
+        Col.EMOTION_PROBS_SOURCE: list(scores.emotion_probs),
+        Col.ATTRIBUTES_SOURCE: attribute_records(scores.attributes),
+        Col.FACE_DETECTED_SOURCE: scores.face_found.tolist(),
+        Col.FACE_SCORE_SOURCE: scores.face_score.tolist(),
+        Col.MODELS: [models] * len(scores.face_found),
+    }

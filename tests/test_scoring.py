@@ -1,0 +1,101 @@
+"""Batch scoring: pair metrics against references and properties, real-image checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+from skimage import data
+
+from data_schemas import EMOTION_LABELS
+from pipeline.models.dcgan import load_dcgan
+from pipeline.models.identity import SAME_IDENTITY_THRESHOLD
+from pipeline.scoring import ATTRIBUTE_NAMES, FaceScorer, FaceScores, compare, concat_scores, five_points, js_divergence, repeat_rows
+
+
+@pytest.fixture(scope="module")
+def scorer() -> FaceScorer:
+    return FaceScorer()
+
+
+@pytest.fixture(scope="module")
+def faces() -> torch.Tensor:
+    generator = load_dcgan()
+    with torch.no_grad():
+        return generator.synthesize(generator.sample_latents(range(200, 208)))
+
+
+def _astronaut_face() -> torch.Tensor:
+    """The astronaut's face, square, as a float image in [-1, 1]."""
+    crop = data.astronaut()[30:230, 130:330]
+    return torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def test_js_divergence_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    p, q = rng.dirichlet(np.ones(7), size=20), rng.dirichlet(np.ones(7), size=20)
+    expected = np.array([jensenshannon(a, b, base=2) ** 2 for a, b in zip(p, q)])
+    np.testing.assert_allclose(js_divergence(p, q), expected, atol=1e-12)
+    np.testing.assert_allclose(js_divergence(p, p), 0, atol=1e-12)
+    np.testing.assert_allclose(js_divergence(np.eye(7)[:1], np.eye(7)[1:2]), [1.0])
+
+
+def test_five_points_follow_the_template_order(scorer: FaceScorer, faces: torch.Tensor) -> None:
+    landmarks, _ = scorer.landmarker(faces)
+    points = five_points(landmarks)
+    eye_left, eye_right, nose, mouth_left, mouth_right = points.unbind(1)
+    assert (eye_left[:, 0] < eye_right[:, 0]).all() and (mouth_left[:, 0] < mouth_right[:, 0]).all()
+    assert (nose[:, 1] > eye_left[:, 1]).all() and (mouth_left[:, 1] > nose[:, 1]).all()
+
+
+def test_a_face_compared_with_itself_changed_nothing(scorer: FaceScorer, faces: torch.Tensor) -> None:
+    scores = scorer.score(faces)
+    pair = compare(scores, scores)
+    assert not pair.emotion_flipped.any()
+    np.testing.assert_allclose(pair.emotion_js, 0, atol=1e-7)
+    np.testing.assert_allclose(pair.identity_cosine, 1, atol=1e-5)
+    np.testing.assert_allclose(pair.landmark_nme, 0, atol=1e-7)
+
+
+def test_scores_do_not_depend_on_the_batch(scorer: FaceScorer, faces: torch.Tensor) -> None:
+    whole = scorer.score(faces)
+    parts = concat_scores([scorer.score(faces[:3]), scorer.score(faces[3:])])
+    np.testing.assert_allclose(parts.emotion_probs, whole.emotion_probs, atol=1e-5)
+    np.testing.assert_allclose(parts.embeddings, whole.embeddings, atol=1e-4)
+    np.testing.assert_allclose(parts.landmarks, whole.landmarks, atol=1e-3)
+    np.testing.assert_array_equal(parts.face_found, whole.face_found)
+    np.testing.assert_allclose(parts.attributes, whole.attributes, atol=1e-3)
+
+
+def test_different_faces_differ(scorer: FaceScorer, faces: torch.Tensor) -> None:
+    scores = scorer.score(faces)
+    others = FaceScores(**{name: np.roll(getattr(scores, name), 1, axis=0) for name in FaceScores.__dataclass_fields__})
+    shifted = compare(scores, others)
+    assert (shifted.identity_cosine < SAME_IDENTITY_THRESHOLD).mean() > 0.8
+    assert (shifted.landmark_nme > 0.05).all()
+    assert scores.face_found.mean() >= 0.75
+    np.testing.assert_allclose(scores.emotion_probs.sum(1), 1, atol=1e-5)
+
+
+def test_astronaut_is_happy_and_her_mirror_the_same_person(scorer: FaceScorer) -> None:
+    face = _astronaut_face()
+    both = torch.cat([face, face.flip(-1)])
+    scores = scorer.score(both)
+    assert scores.emotion == ["happy", "happy"]
+    assert scores.face_found.all()
+    pair = compare(repeat_rows(scores, [1, 0]), repeat_rows(scores, [0, 1]))
+    assert pair.identity_cosine[0] > SAME_IDENTITY_THRESHOLD
+    yaw = scores.attribute("yaw")
+    assert np.sign(yaw[0]) == -np.sign(yaw[1]) or abs(yaw[0]) < 2
+
+
+def test_repeat_rows_lines_sources_up_with_their_edits(scorer: FaceScorer, faces: torch.Tensor) -> None:
+    scores = scorer.score(faces[:2])
+    repeated = repeat_rows(scores, 3)
+    np.testing.assert_array_equal(repeated.emotion_probs[:3], np.repeat(scores.emotion_probs[:1], 3, axis=0))
+    assert len(repeated.face_found) == 6
+    assert list(EMOTION_LABELS)[int(scores.emotion_probs[0].argmax())] == scores.emotion[0]
+    with pytest.raises(KeyError, match="known: p_female"):
+        scores.attribute("hair_colour")
+    assert len(ATTRIBUTE_NAMES) == scores.attributes.shape[1]
