@@ -1,0 +1,764 @@
+"""StyleGAN2 checkpoints: every upstream layout loads to the same images; hostile files run nothing.
+
+Each file is written here the way its upstream project writes it: rosinality's `torch.save` dicts
+(`g_ema`, `latent_avg`, `args` namespace, optimiser states; pSp's `decoder.` state dict), and
+NVIDIA's pickles, whose networks are persistence records (`_reconstruct_persistent_obj` with the
+module source, class name and module state) rebuilt by stand-in `torch_utils` / `dnnlib` modules
+that exist only while the bytes are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from pipeline.errors import CheckpointError
+from pipeline.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator, channels_nvidia
+from pipeline.models.stylegan2_checkpoints import (
+    convert_checkpoint,
+    detect_format,
+    load_stylegan2,
+    read_checkpoint,
+)
+
+RESOLUTION = 16
+CHANNEL_BASE, CHANNEL_MAX = 256, 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    """The tensors here are tiny: one intra-op thread is fastest, even on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_generator(conv_clamp: float | None = None, seed: int = 0) -> StyleGAN2Generator:
+    torch.manual_seed(seed)
+    config = StyleGAN2Config(
+        resolution=RESOLUTION,
+        channels=channels_nvidia(RESOLUTION, CHANNEL_BASE, CHANNEL_MAX),
+        z_dim=32,
+        w_dim=32,
+        mapping_layers=2,
+        conv_clamp=conv_clamp,
+    )
+    generator = StyleGAN2Generator(config)
+    with torch.no_grad():
+        for layer in generator.synthesis.layers():
+            layer.noise_strength.fill_(0.3)
+        for block in generator.synthesis.blocks():
+            block.torgb.weight.mul_(0.2)
+        generator.mapping.w_avg.normal_()
+    return generator.eval()
+
+
+@pytest.fixture(scope="module")
+def generator() -> StyleGAN2Generator:
+    return make_generator()
+
+
+def images(generator: StyleGAN2Generator, latents: Tensor) -> Tensor:
+    with torch.no_grad():
+        return generator.synthesize(latents)
+
+
+def assert_same_generator(loaded: StyleGAN2Generator, reference: StyleGAN2Generator) -> None:
+    """Bit-identical renders of fixed W+ latents, and of seeds through the mapping network."""
+    assert loaded.config == reference.config
+    latents = reference.sample_latents([0, 1, 2])
+    assert torch.equal(images(loaded, latents), images(reference, latents))
+    assert torch.equal(loaded.sample_latents([0, 1, 2]), latents)
+
+
+# --------------------------------------------------------------------------------------------
+# rosinality/stylegan2-pytorch layouts
+
+
+def rosinality_kernel() -> Tensor:
+    """rosinality's `make_kernel([1, 3, 3, 1]) * factor**2`, stored in every blur/upsample."""
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    kernel = taps[None, :] * taps[:, None]
+    return kernel / kernel.sum() * 4
+
+
+def rosinality_state_dict(generator: StyleGAN2Generator) -> dict[str, Tensor]:
+    """`Generator.state_dict()` of rosinality's model.py for the same weights."""
+    ours = generator.state_dict()
+    config = generator.config
+    state: dict[str, Tensor] = {}
+    for i in range(config.mapping_layers):
+        state[f"style.{i + 1}.weight"] = ours[f"mapping.fc{i}.weight"]
+        state[f"style.{i + 1}.bias"] = ours[f"mapping.fc{i}.bias"]
+    state["input.input"] = ours["synthesis.b4.const"][None]
+
+    def styled_conv(name: str, layer: str, noise: int, upsample: bool) -> None:
+        state[f"{name}.conv.weight"] = ours[f"{layer}.weight"][None]
+        state[f"{name}.conv.modulation.weight"] = ours[f"{layer}.affine.weight"]
+        state[f"{name}.conv.modulation.bias"] = ours[f"{layer}.affine.bias"]
+        if upsample:
+            state[f"{name}.conv.blur.kernel"] = rosinality_kernel()
+        state[f"{name}.noise.weight"] = ours[f"{layer}.noise_strength"].reshape(1)
+        state[f"{name}.activate.bias"] = ours[f"{layer}.bias"]
+        state[f"noises.noise_{noise}"] = ours[f"{layer}.noise_const"][None, None]
+
+    def to_rgb(name: str, layer: str, upsample: bool) -> None:
+        if upsample:
+            state[f"{name}.upsample.kernel"] = rosinality_kernel()
+        state[f"{name}.bias"] = ours[f"{layer}.bias"].reshape(1, 3, 1, 1)
+        state[f"{name}.conv.weight"] = ours[f"{layer}.weight"][None]
+        state[f"{name}.conv.modulation.weight"] = ours[f"{layer}.affine.weight"]
+        state[f"{name}.conv.modulation.bias"] = ours[f"{layer}.affine.bias"]
+
+    styled_conv("conv1", "synthesis.b4.conv1", 0, upsample=False)
+    to_rgb("to_rgb1", "synthesis.b4.torgb", upsample=False)
+    for k, res in enumerate(config.block_resolutions[1:]):
+        styled_conv(f"convs.{2 * k}", f"synthesis.b{res}.conv0", 2 * k + 1, upsample=True)
+        styled_conv(f"convs.{2 * k + 1}", f"synthesis.b{res}.conv1", 2 * k + 2, upsample=False)
+        to_rgb(f"to_rgbs.{k}", f"synthesis.b{res}.torgb", upsample=True)
+    return {key: value.clone() for key, value in state.items()}
+
+
+def adam_state(params: int) -> dict[str, Any]:
+    group = {"lr": 0.002, "betas": (0.0, 0.99), "eps": 1e-8, "weight_decay": 0, "amsgrad": False}
+    return {
+        "state": {
+            i: {"step": torch.tensor(10.0), "exp_avg": torch.zeros(2)} for i in range(params)
+        },
+        "param_groups": [group | {"params": list(range(params))}],
+    }
+
+
+def rosinality_training_checkpoint(generator: StyleGAN2Generator) -> dict[str, Any]:
+    """What rosinality's train.py saves: no latent_avg, options as an argparse namespace."""
+    state = rosinality_state_dict(generator)
+    args = argparse.Namespace(
+        path="lmdb", arch="stylegan2", iter=800000, batch=16, n_sample=64, size=RESOLUTION,
+        r1=10, path_regularize=2, path_batch_shrink=2, d_reg_every=16, g_reg_every=4, mixing=0.9,
+        ckpt=None, lr=0.002, channel_multiplier=2, wandb=False, local_rank=0, augment=False,
+        augment_p=0, ada_target=0.6, ada_length=500000, ada_every=256, latent=32, n_mlp=2,
+        start_iter=0, distributed=False,
+    )  # fmt: skip
+    return {
+        "g": {key: value + 0.01 for key, value in state.items()},
+        "d": {"convs.0.0.weight": torch.randn(32, 3, 1, 1), "final_linear.1.bias": torch.zeros(1)},
+        "g_ema": state,
+        "g_optim": adam_state(3),
+        "d_optim": adam_state(2),
+        "args": args,
+        "ada_aug_p": 0.0,
+    }
+
+
+def test_rosinality_converted_checkpoint_renders_identically(
+    tmp_path: Path, generator: StyleGAN2Generator
+) -> None:
+    """`convert_weight.py` output: g_ema and latent_avg."""
+    path = tmp_path / "stylegan2-ffhq-config-f.pt"
+    torch.save(
+        {"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg.clone()},
+        path,
+    )
+    assert detect_format(path) == "rosinality"
+    truncated = StyleGAN2Generator(generator.config, truncation_psi=0.7)
+    truncated.load_state_dict(generator.state_dict())
+    assert_same_generator(load_stylegan2(path, truncation_psi=0.7), truncated.eval())
+
+
+def test_rosinality_training_checkpoint_estimates_the_w_average(
+    tmp_path: Path, generator: StyleGAN2Generator
+) -> None:
+    path = tmp_path / "550000.pt"
+    torch.save(rosinality_training_checkpoint(generator), path)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.w_avg_origin.startswith("estimated")
+    z = torch.randn(10_000, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            checkpoint.tensors["mapping.w_avg"], generator.mapping.to_w(z).mean(0)
+        )
+    loaded = load_stylegan2(path)
+    latents = generator.sample_latents([7, 8])
+    assert torch.equal(images(loaded, latents), images(generator, latents))
+
+
+@pytest.mark.parametrize("layout", ["psp", "data_parallel", "bare"])
+def test_other_rosinality_based_layouts(
+    tmp_path: Path, generator: StyleGAN2Generator, layout: str
+) -> None:
+    state = rosinality_state_dict(generator)
+    w_avg = generator.mapping.w_avg.clone()
+    if layout == "psp":  # pSp / e4e: encoder and decoder in one state dict, latent_avg per W+ row
+        content: dict[str, Any] = {
+            "state_dict": {"encoder.input_layer.0.weight": torch.randn(64, 3, 3, 3)}
+            | {f"decoder.{key}": value for key, value in state.items()},
+            "latent_avg": w_avg.repeat(generator.num_ws, 1),
+            "opts": {"output_size": RESOLUTION, "encoder_type": "Encoder4Editing"},
+        }
+    elif layout == "data_parallel":
+        content = {
+            "g_ema": {f"module.{key}": value for key, value in state.items()},
+            "latent_avg": w_avg,
+        }
+    else:
+        content = state
+    path = tmp_path / f"{layout}.pt"
+    torch.save(content, path)
+    loaded = load_stylegan2(path)
+    latents = generator.sample_latents([3])
+    assert torch.equal(images(loaded, latents), images(generator, latents))
+    if layout != "bare":
+        assert torch.equal(loaded.mapping.w_avg, w_avg)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("style.9.weight", torch.zeros(32, 32), r"unexpected tensor 'style.9.weight'"),
+        (
+            "noises.noise_3",
+            None,  # removed
+            r"missing tensor 'noises.noise_3' \(needed for synthesis.b16.conv0.noise_const\)",
+        ),
+        ("to_rgb1.bias", torch.zeros(3), r"'to_rgb1.bias': expected shape \(1, 3, 1, 1\), found"),
+        ("convs.0.conv.blur.kernel", torch.ones(4, 4), r"'convs.0.conv.blur.kernel' differs"),
+    ],
+    ids=["extra", "missing", "shape", "filter"],
+)
+def test_rosinality_rules_refuse_what_they_cannot_place(
+    tmp_path: Path, generator: StyleGAN2Generator, key: str, value: Tensor | None, message: str
+) -> None:
+    state = rosinality_state_dict(generator)
+    if value is None:
+        del state[key]
+    else:
+        state[key] = value
+    path = tmp_path / "edited.pt"
+    torch.save({"g_ema": state, "latent_avg": generator.mapping.w_avg}, path)
+    with pytest.raises(CheckpointError, match=message):
+        load_stylegan2(path)
+
+
+def test_rosinality_args_must_agree_with_the_tensors(
+    tmp_path: Path, generator: StyleGAN2Generator
+) -> None:
+    content = rosinality_training_checkpoint(generator)
+    content["args"].size = 256
+    path = tmp_path / "mismatch.pt"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=r"args.size is 256 but the g_ema tensors imply 16"):
+        load_stylegan2(path)
+
+
+# --------------------------------------------------------------------------------------------
+# NVIDIA stylegan2-ada-pytorch / stylegan3 pickles
+
+
+class EasyDict(dict):  # type: ignore[type-arg]
+    """Pickled under dnnlib.util.EasyDict, like NVIDIA's."""
+
+
+EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+
+
+def _reconstruct_persistent_obj(meta: dict[str, Any]) -> Any:
+    raise AssertionError("NVIDIA's persistence code was run during loading")
+
+
+_reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+
+
+class Persistent(nn.Module):
+    """Pickles like a `@persistence.persistent_class` module: a record with module source."""
+
+    module_src = "# training/networks.py\n"
+    _init_kwargs: dict[str, Any]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        meta = {
+            "type": "class",
+            "version": 6,
+            "module_src": self.module_src,
+            "class_name": type(self).__name__,
+            "state": super().__reduce__()[2],
+        }
+        return (_reconstruct_persistent_obj, (meta,), None)
+
+
+def persistent(class_name: str, init_kwargs: dict[str, Any], **attrs: Any) -> Persistent:
+    """A module of NVIDIA class `class_name`; like NVIDIA's, it keeps its init kwargs and sets
+    most of them, plus `attrs`, as attributes."""
+    module = type(class_name, (Persistent,), {})()
+    module._init_args, module._init_kwargs = (), dict(init_kwargs)
+    for name, value in (init_kwargs | attrs).items():
+        setattr(module, name, value)
+    return module
+
+
+def fully_connected(weight: Tensor, bias: Tensor, lr: float, activation: str) -> Persistent:
+    out_features, in_features = weight.shape
+    kwargs = {"in_features": in_features, "out_features": out_features, "activation": activation}
+    layer = persistent(
+        "FullyConnectedLayer",
+        kwargs | {"lr_multiplier": lr},
+        weight_gain=np.float64(lr / math.sqrt(in_features)),
+        bias_gain=lr,
+    )
+    del layer.lr_multiplier  # an init kwarg only, not an attribute
+    layer.weight, layer.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
+    return layer
+
+
+def nvidia_generator(
+    generator: StyleGAN2Generator, *, extra_options: dict[str, Any] | None = None
+) -> Persistent:
+    """G_ema as NVIDIA's networks.py builds it: module names, attributes, buffers, init kwargs."""
+    ours, config = generator.state_dict(), generator.config
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    resample_filter = taps.outer(taps) / 64  # upfirdn2d.setup_filter([1, 3, 3, 1])
+    clamp = config.conv_clamp
+
+    def affine(prefix: str) -> Persistent:
+        weight, bias = ours[f"{prefix}.affine.weight"], ours[f"{prefix}.affine.bias"]
+        return fully_connected(weight, bias, 1.0, "linear")
+
+    def synthesis_layer(prefix: str, cin: int, cout: int, res: int, up: int) -> Persistent:
+        kwargs: dict[str, Any] = {"in_channels": cin, "out_channels": cout, "w_dim": config.w_dim}
+        kwargs |= {"resolution": res, "up": up, "conv_clamp": clamp}
+        layer = persistent(
+            "SynthesisLayer",
+            kwargs,
+            use_noise=True,
+            activation="lrelu",
+            padding=1,
+            act_gain=np.float64(math.sqrt(2)),
+        )
+        layer.register_buffer("resample_filter", resample_filter.clone())
+        layer.affine = affine(prefix)
+        layer.weight = nn.Parameter(ours[f"{prefix}.weight"].clone())
+        layer.register_buffer("noise_const", ours[f"{prefix}.noise_const"].clone())
+        layer.noise_strength = nn.Parameter(ours[f"{prefix}.noise_strength"].clone())
+        layer.bias = nn.Parameter(ours[f"{prefix}.bias"].clone())
+        return layer
+
+    def to_rgb(prefix: str, cin: int) -> Persistent:
+        kwargs = {"in_channels": cin, "out_channels": 3, "w_dim": config.w_dim, "conv_clamp": clamp}
+        layer = persistent("ToRGBLayer", kwargs, weight_gain=np.float64(1 / math.sqrt(cin)))
+        layer.affine = affine(prefix)
+        layer.weight = nn.Parameter(ours[f"{prefix}.weight"].clone())
+        layer.bias = nn.Parameter(ours[f"{prefix}.bias"].clone())
+        return layer
+
+    synthesis = persistent(
+        "SynthesisNetwork",
+        {"w_dim": config.w_dim, "img_resolution": RESOLUTION, "img_channels": 3},
+        block_resolutions=config.block_resolutions,
+        num_ws=config.num_ws,
+        num_fp16_res=0,
+    )
+    for res in config.block_resolutions:
+        prefix, cout = f"synthesis.b{res}", config.channels[res]
+        cin = 0 if res == 4 else config.channels[res // 2]
+        kwargs = {"in_channels": cin, "w_dim": config.w_dim, "resolution": res}
+        kwargs |= {"img_channels": 3, "is_last": res == RESOLUTION}
+        block = persistent(
+            "SynthesisBlock",
+            kwargs | {"out_channels": cout, "use_fp16": False, "conv_clamp": clamp},
+            architecture="skip",
+            channels_last=False,
+            num_conv=1 if res == 4 else 2,
+            num_torgb=1,
+        )
+        del block.out_channels, block.conv_clamp  # init kwargs only
+        block.register_buffer("resample_filter", resample_filter.clone())
+        if res == 4:
+            block.const = nn.Parameter(ours[f"{prefix}.const"].clone())
+        else:
+            block.conv0 = synthesis_layer(f"{prefix}.conv0", cin, cout, res, up=2)
+        block.conv1 = synthesis_layer(f"{prefix}.conv1", cout, cout, res, up=1)
+        block.torgb = to_rgb(f"{prefix}.torgb", cout)
+        setattr(synthesis, f"b{res}", block)
+
+    mapping = persistent(
+        "MappingNetwork",
+        {"z_dim": config.z_dim, "c_dim": 0, "w_dim": config.w_dim, "num_ws": config.num_ws},
+        num_layers=config.mapping_layers,
+        w_avg_beta=0.995,
+    )
+    for i in range(config.mapping_layers):
+        weight, bias = ours[f"mapping.fc{i}.weight"], ours[f"mapping.fc{i}.bias"]
+        setattr(mapping, f"fc{i}", fully_connected(weight, bias, 0.01, "lrelu"))
+    mapping.register_buffer("w_avg", ours["mapping.w_avg"].clone())
+
+    dims = {"z_dim": config.z_dim, "c_dim": 0, "w_dim": config.w_dim}
+    dims |= {"img_resolution": RESOLUTION, "img_channels": 3}
+    options = dims | {
+        "mapping_kwargs": EasyDict(num_layers=config.mapping_layers),
+        "synthesis_kwargs": EasyDict(
+            channel_base=CHANNEL_BASE, channel_max=CHANNEL_MAX, num_fp16_res=4, conv_clamp=clamp
+        ),
+    }
+    g = persistent("Generator", dims, num_ws=config.num_ws)
+    g._init_kwargs = options | (extra_options or {})
+    g.synthesis, g.mapping = synthesis, mapping
+    return g
+
+
+def training_snapshot(
+    generator: StyleGAN2Generator, g_ema: Persistent | None = None
+) -> dict[str, Any]:
+    """training_loop.py's `network-snapshot-*.pkl` content."""
+    discriminator = persistent("Discriminator", {"c_dim": 0, "img_resolution": RESOLUTION})
+    discriminator.b16 = persistent("DiscriminatorBlock", {"in_channels": 0, "tmp_channels": 16})
+    discriminator.b16.register_buffer("resample_filter", torch.ones(4, 4) / 16)
+    augment_pipe = persistent("AugmentPipe", {"xflip": 1, "rotate90": 1, "xint": 1})
+    augment_pipe.register_buffer("p", torch.tensor(0.2))
+    dataset = EasyDict(
+        class_name="training.dataset.ImageFolderDataset",
+        path="~/datasets/ffhq.zip",
+        use_labels=False,
+        max_size=70000,
+        xflip=True,
+        resolution=RESOLUTION,
+    )
+    return {
+        "G": nvidia_generator(make_generator(seed=1)),
+        "D": discriminator,
+        "G_ema": g_ema if g_ema is not None else nvidia_generator(generator),
+        "augment_pipe": augment_pipe,
+        "training_set_kwargs": dataset,
+    }
+
+
+def dump_nvidia(path: Path, content: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pickle with `torch_utils.persistence` / `dnnlib.util` stand-ins present only meanwhile."""
+    stand_ins: dict[str, dict[str, Any]] = {
+        "torch_utils": {},
+        "torch_utils.persistence": {"_reconstruct_persistent_obj": _reconstruct_persistent_obj},
+        "dnnlib": {},
+        "dnnlib.util": {"EasyDict": EasyDict},
+    }
+    with monkeypatch.context() as patch:
+        for name, attrs in stand_ins.items():
+            module = types.ModuleType(name)
+            module.__dict__.update(attrs)
+            patch.setitem(sys.modules, name, module)
+        path.write_bytes(pickle.dumps(content, protocol=4))
+    assert "torch_utils.persistence" not in sys.modules  # the loader cannot lean on the stand-in
+    return path
+
+
+@pytest.mark.parametrize("conv_clamp", [None, 256.0])
+def test_nvidia_snapshot_renders_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conv_clamp: float | None
+) -> None:
+    generator = make_generator(conv_clamp=conv_clamp)
+    path = dump_nvidia(
+        tmp_path / "network-snapshot-001000.pkl", training_snapshot(generator), monkeypatch
+    )
+    assert detect_format(path) == "nvidia"
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.config.conv_clamp == conv_clamp
+    assert checkpoint.w_avg_origin == "checkpoint"
+    assert_same_generator(load_stylegan2(path), generator)
+
+
+def test_nvidia_module_source_is_never_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
+) -> None:
+    marker = tmp_path / "module_src-ran"
+    payload = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    g_ema = nvidia_generator(generator)
+    for module in g_ema.modules():
+        assert isinstance(module, Persistent)
+        type(module).module_src = payload  # each record has a class of its own
+    path = dump_nvidia(tmp_path / "payload.pkl", training_snapshot(generator, g_ema), monkeypatch)
+    assert payload.encode() in path.read_bytes()
+    assert_same_generator(load_stylegan2(path), generator)
+    assert not marker.exists()
+    # Control: the payload is live, running it is what leaves the marker.
+    exec(compile(payload, "module_src", "exec"), {})
+    assert marker.exists()
+
+
+class SystemCall:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.command,))
+
+
+class Eval:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (eval, (self.source,))
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval"])
+def test_hostile_pickles_are_refused_before_anything_runs(tmp_path: Path, kind: str) -> None:
+    marker = tmp_path / "hostile-ran"
+    payload: object = (
+        SystemCall(f"touch {marker}")
+        if kind == "os.system"
+        else Eval(f"__import__('pathlib').Path({str(marker)!r}).write_text('ran')")
+    )
+    path = tmp_path / "hostile.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": payload, "G": None, "D": None}, protocol=4))
+    expected = rf"refused to unpickle ({os.system.__module__}\.system|builtins\.eval)"
+    with pytest.raises(CheckpointError, match=expected):
+        load_stylegan2(path)
+    assert not marker.exists()
+
+
+class TensorFlowNetwork:
+    """Pickled under dnnlib.tflib.network.Network, as StyleGAN2's TensorFlow pickles are."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.static_kwargs = name, {"resolution": RESOLUTION}
+
+
+TensorFlowNetwork.__module__, TensorFlowNetwork.__qualname__ = "dnnlib.tflib.network", "Network"
+
+
+def test_tensorflow_pickles_are_refused_with_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        for name in ("dnnlib", "dnnlib.tflib", "dnnlib.tflib.network"):
+            patch.setitem(sys.modules, name, types.ModuleType(name))
+        sys.modules["dnnlib.tflib.network"].Network = TensorFlowNetwork  # type: ignore[attr-defined]
+        content = tuple(TensorFlowNetwork(name) for name in ("G", "D", "Gs"))
+        path = tmp_path / "stylegan2-ffhq-config-f.pkl"
+        path.write_bytes(pickle.dumps(content, protocol=2))
+    with pytest.raises(
+        CheckpointError, match=r"TensorFlow pickle: convert it with NVIDIA's legacy"
+    ):
+        load_stylegan2(path)
+
+
+def test_hostile_rosinality_archive_is_refused(
+    tmp_path: Path, generator: StyleGAN2Generator
+) -> None:
+    marker = tmp_path / "hostile-ran"
+    path = tmp_path / "hostile.pt"
+    torch.save(
+        {"g_ema": rosinality_state_dict(generator), "args": SystemCall(f"touch {marker}")}, path
+    )
+    refusal = rf"refers to {os.system.__module__}\.system, which is not on the weights-only"
+    with pytest.raises(CheckpointError, match=refusal):
+        load_stylegan2(path)
+    assert not marker.exists()
+
+
+def test_stylegan3_and_unknown_options_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
+) -> None:
+    g_ema: Any = nvidia_generator(generator)
+    g_ema.synthesis.input = persistent("SynthesisInput", {"w_dim": 32, "channels": 32, "size": 36})
+    path = dump_nvidia(tmp_path / "sg3.pkl", training_snapshot(generator, g_ema), monkeypatch)
+    with pytest.raises(
+        CheckpointError, match=r"'SynthesisInput' module.*StyleGAN3 generators are not supported"
+    ):
+        load_stylegan2(path)
+    g_ema = nvidia_generator(generator, extra_options={"magnitude_ema_beta": 0.999})
+    path = dump_nvidia(tmp_path / "option.pkl", training_snapshot(generator, g_ema), monkeypatch)
+    with pytest.raises(
+        CheckpointError, match=r"G_ema option 'magnitude_ema_beta'=0.999 is not supported"
+    ):
+        load_stylegan2(path)
+    g_ema = nvidia_generator(generator)
+    g_ema.synthesis.b8.architecture = "resnet"
+    path = dump_nvidia(tmp_path / "resnet.pkl", training_snapshot(generator, g_ema), monkeypatch)
+    with pytest.raises(
+        CheckpointError, match=r"G_ema.synthesis.b8.architecture is 'resnet', expected 'skip'"
+    ):
+        load_stylegan2(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Content detection, damaged files, exprlock safetensors
+
+
+def test_format_is_read_from_content_not_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
+) -> None:
+    rosinality = tmp_path / "looks-like-nvidia.pkl"
+    torch.save(
+        {"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg},
+        rosinality,
+    )
+    nvidia = dump_nvidia(
+        tmp_path / "looks-like-rosinality.pt", training_snapshot(generator), monkeypatch
+    )
+    assert (detect_format(rosinality), detect_format(nvidia)) == ("rosinality", "nvidia")
+    assert_same_generator(load_stylegan2(rosinality), generator)
+    assert_same_generator(load_stylegan2(nvidia), generator)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"notes.txt: unrecognised checkpoint"):
+        load_stylegan2(text)
+
+
+def test_truncated_files_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
+) -> None:
+    rosinality = tmp_path / "r.pt"
+    torch.save(
+        {"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg},
+        rosinality,
+    )
+    nvidia = dump_nvidia(tmp_path / "n.pkl", training_snapshot(generator), monkeypatch)
+    converted = convert_checkpoint(rosinality, tmp_path / "s.safetensors")
+    for path in (rosinality, nvidia, converted):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(CheckpointError, match=str(path.name)):
+            load_stylegan2(path)
+
+
+@pytest.mark.parametrize("source_format", ["rosinality", "nvidia"])
+def test_conversion_to_safetensors_round_trips(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    generator: StyleGAN2Generator,
+    source_format: str,
+) -> None:
+    if source_format == "rosinality":
+        source = tmp_path / "source.pt"
+        torch.save(
+            {"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg},
+            source,
+        )
+    else:
+        source = dump_nvidia(tmp_path / "source.pkl", training_snapshot(generator), monkeypatch)
+    target = convert_checkpoint(source, tmp_path / "generator.safetensors")
+    assert detect_format(target) == "safetensors"
+    assert_same_generator(load_stylegan2(target), load_stylegan2(source))
+    assert_same_generator(load_stylegan2(target), generator)
+    with safe_open(str(target), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert StyleGAN2Config.from_dict(json.loads(metadata["config"])) == generator.config
+    assert metadata["source_format"] == source_format
+    assert metadata["source_sha256"].startswith("sha256:") and metadata["w_avg"] == "checkpoint"
+    with pytest.raises(CheckpointError, match="already exists"):
+        convert_checkpoint(source, target)
+    assert convert_checkpoint(source, target, overwrite=True) == target
+
+
+def test_foreign_safetensors_are_refused(tmp_path: Path, generator: StyleGAN2Generator) -> None:
+    tensors = {k: v.contiguous() for k, v in generator.state_dict().items()}
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(tensors, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(
+        CheckpointError, match=r"metadata 'format' is 'pt', expected 'exprlock-stylegan2'"
+    ):
+        load_stylegan2(foreign)
+    config = generator.config.to_dict() | {"architecture": "resnet"}
+    metadata = {"format": "exprlock-stylegan2", "format_version": "1", "config": json.dumps(config)}
+    save_file(tensors, str(foreign), metadata=metadata)
+    with pytest.raises(
+        CheckpointError, match=r"metadata 'config'.*unknown keys \['architecture'\]"
+    ):
+        load_stylegan2(foreign)
+
+
+# --------------------------------------------------------------------------------------------
+# Against NVIDIA's own code
+
+
+@pytest.mark.slow
+def test_matches_nvidia_reference_implementation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NVIDIA's networks, pickled by their own persistence module, render as exprlock's port.
+
+    Needs a checkout of NVlabs/stylegan2-ada-pytorch or NVlabs/stylegan3 (their CPU reference
+    paths run without compiling anything).
+    """
+    repo = os.environ.get("EXPRLOCK_STYLEGAN2_REFERENCE")
+    if not repo:
+        pytest.skip(
+            "set EXPRLOCK_STYLEGAN2_REFERENCE to a checkout of NVlabs/stylegan2-ada-pytorch "
+            "or NVlabs/stylegan3"
+        )
+    monkeypatch.syspath_prepend(repo)
+    options = {"channel_base": CHANNEL_BASE, "channel_max": CHANNEL_MAX}
+    common: dict[str, Any] = {"z_dim": 32, "c_dim": 0, "w_dim": 32, "img_resolution": RESOLUTION}
+    common |= {"img_channels": 3, "mapping_kwargs": {"num_layers": 2}}
+    if (Path(repo) / "training" / "networks_stylegan2.py").exists():
+        from training.networks_stylegan2 import Generator  # type: ignore[import-not-found]
+
+        reference = Generator(**common, **options)
+    else:
+        from training.networks import Generator  # type: ignore[import-not-found]
+
+        reference = Generator(**common, synthesis_kwargs=options)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in reference.named_parameters():
+            if name.endswith("noise_strength"):
+                tensor.fill_(0.3)
+        reference.mapping.w_avg.normal_()
+    path = tmp_path / "reference.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": reference.eval(), "G": None, "D": None}))
+    loaded = load_stylegan2(path, truncation_psi=0.7, truncation_cutoff=4)
+    z = torch.randn(3, 32)
+    with torch.no_grad():
+        ws = reference.mapping(z, None, truncation_psi=0.7, truncation_cutoff=4)
+        expected = reference.synthesis(ws, noise_mode="const", force_fp32=True).clamp(-1, 1)
+        torch.testing.assert_close(loaded.mapping(z, psi=0.7, cutoff=4), ws, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded.synthesize(ws), expected, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# The generator in a run
+
+
+def test_generate_runs_on_a_stylegan2_checkpoint(tmp_path: Path, generator: StyleGAN2Generator) -> None:
+    from data_schemas import Col
+    from pipeline.config import parse_config
+    from pipeline.images import read_png
+    from pipeline.manifest import read_manifest
+    from pipeline.run import generate_shard, prepare_run
+
+    checkpoint = tmp_path / "g.pt"
+    torch.save({"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg.clone()}, checkpoint)
+    config = parse_config(
+        {
+            "profile": "ffhq",
+            "generator": {"checkpoint": str(checkpoint)},
+            "sources": {"count": 3},
+            "scoring": {"enabled": False},
+            "device": "cpu",
+        }
+    )
+    run_dir = prepare_run(config, tmp_path / "run")
+    generate_shard(config, run_dir, 0)
+    table = read_manifest(run_dir)
+    assert table.column(Col.LATENT_SHAPE)[0].as_py() == [generator.config.num_ws, generator.config.w_dim]
+    assert table.column(Col.GENERATOR)[0].as_py() == "stylegan2:g.pt"
+    latents = generator.sample_latents([0, 1, 2])
+    expected = generator.render(latents).numpy()
+    for row, image_path in enumerate(table.column(Col.IMAGE_SOURCE).to_pylist()):
+        assert (read_png(run_dir / image_path) == expected[row]).all()
+    stored = torch.tensor(table.column(Col.LATENT)[1].as_py()).view(latents.shape[1:])
+    assert torch.equal(stored, latents[1])
