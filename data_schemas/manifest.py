@@ -54,6 +54,7 @@ class Col:
     LANDMARK_NME = "landmark_nme"
     ATTRIBUTE_SCORE_SOURCE = "attribute_score_source"
     ATTRIBUTE_SCORE_EDIT = "attribute_score_edit"
+    ATTRIBUTE_REACHED = "attribute_reached"
     ATTRIBUTES_SOURCE = "attributes_source"
     ATTRIBUTES_EDIT = "attributes_edit"
     FACE_DETECTED_SOURCE = "face_detected_source"
@@ -129,6 +130,12 @@ _FIELDS_V1_1 = _FIELDS_V1 + (
     _field(Col.LANDMARK_NME, pa.float32(), "Mean FaceMesh landmark distance / inter-ocular distance", nullable=True),
     _field(Col.ATTRIBUTE_SCORE_SOURCE, pa.float32(), "Score of the edited attribute on the source", nullable=True),
     _field(Col.ATTRIBUTE_SCORE_EDIT, pa.float32(), "Score of the edited attribute on the edit", nullable=True),
+    _field(
+        Col.ATTRIBUTE_REACHED,
+        pa.bool_(),
+        "The edit crossed the attribute's success threshold in the direction it set out to",
+        nullable=True,
+    ),
     _field(Col.ATTRIBUTES_SOURCE, _ATTRIBUTES, "All attribute scores of the source face", nullable=True),
     _field(Col.ATTRIBUTES_EDIT, _ATTRIBUTES, "All attribute scores of the edited face", nullable=True),
     _field(Col.FACE_DETECTED_SOURCE, pa.bool_(), "YuNet found a face in the source", nullable=True),

@@ -10,7 +10,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
@@ -48,6 +48,57 @@ class ScoringConfig(_Strict):
     attributes: bool = Field(True, description="also run the Adience gender and age nets (the slowest scorers)")
 
 
+EditMethod = Literal["linear", "linear_projected", "editor", "editor_hfld", "refined"]
+EditableAttribute = Literal["gender", "age", "hair_lightness", "hair_redness", "skin_lightness", "yaw"]
+EDITABLE_ATTRIBUTES: tuple[str, ...] = get_args(EditableAttribute)
+
+
+class DiscoveryConfig(_Strict):
+    """Direction discovery: scored samples, one linear direction per attribute (InterFaceGAN)."""
+
+    samples: StrictInt = Field(20_000, ge=100, le=10_000_000, description="latents sampled and scored")
+    first_seed: StrictInt = Field(10_000_000, ge=0, lt=2**62, description="seeds kept apart from the sources'")
+    shard_size: StrictInt = Field(1_000, ge=1, description="samples per resumable shard")
+    confident_fraction: float = Field(0.3, gt=0, le=0.5, description="top and bottom share used to fit each direction")
+    project_out: list[Literal["happy", "surprise", "sad", "angry", "neutral", "fear", "disgust"]] = Field(
+        default_factory=lambda: ["happy", "surprise"],
+        description="emotion directions removed by conditional projection (linear_projected)",
+    )
+
+
+class TrainingConfig(_Strict):
+    """Latent editor training (Latent Transformer loss plus lambda * HFLD)."""
+
+    steps: StrictInt = Field(300, ge=1, le=1_000_000)
+    batch_size: StrictInt = Field(32, ge=2, le=4096)
+    hfld_fraction: float = Field(0.25, gt=0, le=1, description="share of each batch rendered for HFLD")
+    landmarks: Literal["all", "expression"] = Field("expression", description="HFLD points: all 468, or lips+eyes+brows")
+    align: bool = Field(True, description="similarity-align edited landmarks to the source before HFLD")
+    classifier_epochs: StrictInt = Field(30, ge=1, le=1000)
+
+
+class EditsConfig(_Strict):
+    """Which edits every source gets, and where directions and editors live."""
+
+    directory: str = Field("models/demo", description="discover and train-editor write here; generate reads")
+    attributes: list[EditableAttribute] = Field(default_factory=list, description="attributes to edit")
+    strengths: list[float] = Field(default_factory=lambda: [3.0, 6.0], description="edit strengths (latent units)")
+    methods: list[EditMethod] = Field(default_factory=lambda: ["editor_hfld"])
+    hfld_lambdas: list[float] = Field(
+        default_factory=lambda: [10.0], description="lambdas of the editor_hfld and refined methods; one edit each"
+    )
+    refine_steps: StrictInt = Field(20, ge=1, le=10_000, description="optimiser steps of HFLD refinement")
+
+
+    @model_validator(mode="after")
+    def _lambdas_positive(self) -> EditsConfig:
+        if any(value <= 0 for value in self.hfld_lambdas):
+            raise ValueError("edits.hfld_lambdas: expected positive values (lambda 0 is the `editor` method)")
+        if any(value <= 0 for value in self.strengths):
+            raise ValueError("edits.strengths: expected positive values; the edit's sign follows each source")
+        return self
+
+
 class RunConfig(_Strict):
     """Everything a `generate` run needs."""
 
@@ -55,6 +106,9 @@ class RunConfig(_Strict):
     sources: SourcesConfig = SourcesConfig()
     generator: GeneratorConfig = GeneratorConfig()
     scoring: ScoringConfig = ScoringConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    training: TrainingConfig = TrainingConfig()
+    edits: EditsConfig = EditsConfig()
     batch_size: StrictInt = Field(32, ge=1, le=4096, description="images per model call")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -63,3 +63,20 @@ def read_png(path: Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except OSError as error:
         raise ImageError(f"{path}: not a readable image ({error})") from None
+
+
+def labelled_grid(cells: list[list[np.ndarray]], column_labels: list[str], *, scale: int = 2, gap: int = 2) -> np.ndarray:
+    """Rows of equally sized uint8 (H, W, 3) images under a header row of column labels."""
+    from PIL import ImageDraw
+
+    if not cells or any(len(row) != len(column_labels) for row in cells):
+        raise ImageError(f"labelled grid: expected rows of {len(column_labels)} images, got {[len(r) for r in cells]}")
+    grid = contact_sheet(np.stack([image for row in cells for image in row]), columns=len(column_labels), scale=scale, gap=gap)
+    header_height = 14
+    canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + header_height), "white")
+    canvas.paste(Image.fromarray(grid), (0, header_height))
+    draw = ImageDraw.Draw(canvas)
+    cell_width = cells[0][0].shape[1] * scale + gap
+    for index, label in enumerate(column_labels):
+        draw.text((gap + index * cell_width + 2, 1), label, fill=(0, 0, 0))
+    return np.asarray(canvas)

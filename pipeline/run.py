@@ -9,6 +9,7 @@ the Parquet rename is the commit.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,8 @@ from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.manifest import MANIFEST_DIR, read_manifest, shard_filename, to_table, write_shard
 from pipeline.models.factory import load_generator, resolve_device
 from pipeline.models.generator import to_uint8
-from pipeline.scoring import concat_scores, load_scorer, source_score_columns
+from pipeline.edits import Editing, attribute_reached, edit_directions, plan_edits
+from pipeline.scoring import compare, edit_score_columns, load_scorer, source_score_columns
 
 CONFIG_FILE = "config.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -70,7 +72,10 @@ def shard_path(run_dir: Path, index: int) -> Path:
 
 
 def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
-    """Render one shard's seeds, save the PNGs, then commit the shard's Parquet file."""
+    """Render, edit and score one shard's seeds, save the PNGs, then commit its Parquet file.
+
+    Without edits there is one row per source; with edits one row per (source, edit).
+    """
     path = shard_path(run_dir, index)
     if path.exists():
         return ShardResult(index, path, 0, skipped=True)
@@ -80,39 +85,86 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
         config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, str(device)
     )
     scorer = load_scorer(str(device), config.scoring.attributes) if config.scoring.enabled else None
-    latents, image_paths, image_hashes, scores = [], [], [], []
+    specs = plan_edits(config)
+    editing = Editing(config, generator) if specs else None
+    images_dir = Path("images") / f"shard-{index:05d}"
+    columns: dict[str, list] = defaultdict(list)
     for start in range(0, len(seeds), config.batch_size):
         batch = seeds[start : start + config.batch_size]
-        batch_latents = generator.sample_latents(batch)
+        latents = generator.sample_latents(batch)
         with torch.no_grad():
-            floats = generator.synthesize(batch_latents)
-        images = to_uint8(floats).numpy()
-        if scorer is not None:
-            scores.append(scorer.score(floats))
-        latents.append(batch_latents.detach().float().cpu().numpy())
-        for seed, image in zip(batch, images, strict=True):
-            relative = Path("images") / f"shard-{index:05d}" / f"seed-{seed:09d}.png"
-            image_hashes.append(write_atomic(encode_png(image), Path(run_dir) / relative))
-            image_paths.append(relative.as_posix())
-    flat = np.concatenate(latents).reshape(len(seeds), -1)
+            floats = generator.synthesize(latents)
+        source = {
+            Col.SEED: list(batch),
+            Col.LATENT: list(latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
+            **_save_images(run_dir, [images_dir / f"seed-{seed:09d}.png" for seed in batch], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
+        }
+        scores = scorer.score(floats) if scorer is not None else None
+        if scores is not None:
+            source.update(source_score_columns(scores, scorer.provenance()))
+        if editing is None:
+            _extend(columns, source)
+            continue
+        for spec in specs:
+            threshold = editing.threshold(spec.attribute)
+            before = scores.attribute(editing.score_name(spec.attribute))
+            signs = edit_directions(before, threshold)
+            edited = editing.apply(spec, latents, signs)
+            with torch.no_grad():
+                edited_floats = generator.synthesize(edited)
+            edited_scores = scorer.score(edited_floats)
+            after = edited_scores.attribute(editing.score_name(spec.attribute))
+            edit = {
+                Col.ATTRIBUTE: [spec.attribute] * len(batch),
+                Col.STRENGTH: [spec.strength] * len(batch),
+                Col.EDITOR: [spec.method] * len(batch),
+                Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
+                Col.LATENT_EDIT: list(edited.detach().float().cpu().reshape(len(batch), -1).numpy()),
+                **_save_images(
+                    run_dir, [images_dir / f"seed-{seed:09d}-{spec.slug}.png" for seed in batch], edited_floats, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
+                ),
+                **edit_score_columns(edited_scores, compare(scores, edited_scores)),
+                Col.ATTRIBUTE_SCORE_SOURCE: before.tolist(),
+                Col.ATTRIBUTE_SCORE_EDIT: after.tolist(),
+                Col.ATTRIBUTE_REACHED: attribute_reached(signs, after, threshold).tolist(),
+            }
+            _extend(columns, {**source, **edit})
+    count = len(columns[Col.SEED])
     created = datetime.now(timezone.utc)
-    rows = {
-        Col.RUN_ID: [config.run_id] * len(seeds),
-        Col.SHARD: [index] * len(seeds),
-        Col.SEED: list(seeds),
-        Col.LATENT: list(flat),
-        Col.LATENT_SHAPE: [list(generator.latent_shape)] * len(seeds),
-        Col.GENERATOR: [generator_name] * len(seeds),
-        Col.GENERATOR_SHA256: [generator_sha] * len(seeds),
-        Col.IMAGE_SOURCE: image_paths,
-        Col.IMAGE_SOURCE_SHA256: image_hashes,
-        Col.SCHEMA_VERSION: [CURRENT_VERSION] * len(seeds),
-        Col.CREATED_AT: [created] * len(seeds),
-    }
-    if scorer is not None:
-        rows.update(source_score_columns(concat_scores(scores), scorer.provenance()))
-    write_shard(to_table(rows, run_id=config.run_id), path)
-    return ShardResult(index, path, len(seeds), skipped=False)
+    columns.update(
+        {
+            Col.RUN_ID: [config.run_id] * count,
+            Col.SHARD: [index] * count,
+            Col.LATENT_SHAPE: [list(generator.latent_shape)] * count,
+            Col.GENERATOR: [generator_name] * count,
+            Col.GENERATOR_SHA256: [generator_sha] * count,
+            Col.SCHEMA_VERSION: [CURRENT_VERSION] * count,
+            Col.CREATED_AT: [created] * count,
+        }
+    )
+    table = to_table(columns, run_id=config.run_id)
+    if editing is not None:
+        # Rows of one attribute and method sit together, so readers filtering on them skip
+        # whole row groups by their statistics.
+        table = table.sort_by([(Col.ATTRIBUTE, "ascending"), (Col.EDITOR, "ascending"), (Col.SEED, "ascending")])
+    write_shard(table, path)
+    return ShardResult(index, path, count, skipped=False)
+
+
+def _save_images(
+    run_dir: Path, relative_paths: list[Path], floats: torch.Tensor, path_column: str, hash_column: str
+) -> dict[str, list]:
+    """Write a batch of PNGs atomically; the path and digest columns that describe them."""
+    hashes = [
+        write_atomic(encode_png(image), Path(run_dir) / relative)
+        for relative, image in zip(relative_paths, to_uint8(floats).numpy(), strict=True)
+    ]
+    return {path_column: [p.as_posix() for p in relative_paths], hash_column: hashes}
+
+
+def _extend(columns: dict[str, list], values: dict[str, list]) -> None:
+    for name, column in values.items():
+        columns[name].extend(column)
 
 
 def write_contact_sheet(run_dir: Path, *, limit: int = 64) -> Path:

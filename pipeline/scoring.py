@@ -117,19 +117,30 @@ class FaceScorer:
     def score(self, images: torch.Tensor) -> FaceScores:
         images = images.to(self.device, torch.float32)
         landmarks, _ = self.landmarker(images)
-        probs = torch.softmax(self.emotion(images), dim=1)
         embeddings = self.identity(align_faces(images, five_points(landmarks)))
         pixels = to_uint8(images).numpy()
         detections = self.detector.detect(pixels)
-        landmarks_np = landmarks.cpu().numpy()
+        emotion_probs, attributes = self._describe(images, pixels, landmarks)
         return FaceScores(
-            emotion_probs=probs.cpu().numpy().astype(np.float32),
-            landmarks=landmarks_np,
+            emotion_probs=emotion_probs,
+            landmarks=landmarks.cpu().numpy(),
             embeddings=embeddings.cpu().numpy(),
             face_found=detections.found,
             face_score=detections.scores,
-            attributes=self._attributes(pixels, landmarks_np),
+            attributes=attributes,
         )
+
+    @torch.no_grad()
+    def describe(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Emotion probabilities `(N, 7)` and attributes `(N, A)` only: what direction
+        discovery needs, without the identity and detection models."""
+        images = images.to(self.device, torch.float32)
+        landmarks, _ = self.landmarker(images)
+        return self._describe(images, to_uint8(images).numpy(), landmarks)
+
+    def _describe(self, images: torch.Tensor, pixels: np.ndarray, landmarks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        probs = torch.softmax(self.emotion(images), dim=1).cpu().numpy().astype(np.float32)
+        return probs, self._attributes(pixels, landmarks.cpu().numpy())
 
     def _attributes(self, pixels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         count = len(pixels)
@@ -203,4 +214,19 @@ def source_score_columns(scores: FaceScores, models: list[dict[str, str]]) -> di
         Col.FACE_DETECTED_SOURCE: scores.face_found.tolist(),
         Col.FACE_SCORE_SOURCE: scores.face_score.tolist(),
         Col.MODELS: [models] * len(scores.face_found),
+    }
+
+
+def edit_score_columns(scores: FaceScores, pair: PairScores) -> dict[str, list]:
+    """Manifest columns that describe the edited face of each row and its change."""
+    return {
+        Col.EMOTION_EDIT: scores.emotion,
+        Col.EMOTION_PROBS_EDIT: list(scores.emotion_probs),
+        Col.ATTRIBUTES_EDIT: attribute_records(scores.attributes),
+        Col.FACE_DETECTED_EDIT: scores.face_found.tolist(),
+        Col.FACE_SCORE_EDIT: scores.face_score.tolist(),
+        Col.EMOTION_FLIPPED: pair.emotion_flipped.tolist(),
+        Col.EMOTION_JS: pair.emotion_js.tolist(),
+        Col.IDENTITY_COSINE: pair.identity_cosine.tolist(),
+        Col.LANDMARK_NME: pair.landmark_nme.tolist(),
     }

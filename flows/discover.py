@@ -1,0 +1,53 @@
+"""The `discover` flow: sample and score latents shard by shard, then fit the directions.
+
+Sampling is the expensive, resumable part (one task per shard, skipped when its file exists);
+fitting the directions and the latent classifier takes seconds and reruns whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.config import load_config, parse_config
+from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
+from pipeline.models.factory import load_generator, resolve_device
+from pipeline.scoring import load_scorer
+
+
+@task(name="sample-shard", tags=["exprlock-gpu"], cache_policy=NO_CACHE, retries=1)
+def sample_shard_task(config: dict[str, Any], index: int) -> str:
+    settings = parse_config(config)
+    device = str(resolve_device(settings.device))
+    generator, _, _ = load_generator(
+        settings.generator_kind, settings.generator.checkpoint, settings.generator.truncation_psi, device
+    )
+    return str(ensure_sample_shard(settings, index, generator, load_scorer(device, True)))
+
+
+@task(name="fit-directions", cache_policy=NO_CACHE)
+def fit_directions_task(config: dict[str, Any]) -> dict[str, Any]:
+    settings = parse_config(config)
+    device = str(resolve_device(settings.device))
+    _, generator_name, generator_sha = load_generator(
+        settings.generator_kind, settings.generator.checkpoint, settings.generator.truncation_psi, device
+    )
+    provenance = {
+        "generator": generator_name,
+        "generator_sha256": generator_sha,
+        "scorers": load_scorer(device, True).provenance(),
+    }
+    return discover(settings, collect_samples_on_disk(settings), provenance=provenance)
+
+
+@flow(name="discover")
+def discover_flow(config_path: str) -> dict[str, Any]:
+    """Fit one direction per attribute and emotion, and the latent classifier, from scored samples."""
+    config = load_config(Path(config_path))
+    payload = config.model_dump(mode="json")
+    for index in range(len(sample_shard_plan(config))):
+        sample_shard_task(payload, index)
+    return fit_directions_task(payload)

@@ -1,0 +1,199 @@
+"""Direction discovery: sample latents, score them, fit one linear direction per attribute.
+
+InterFaceGAN's recipe (Shen et al. 2020) on exprlock's own scorers: every sample is rendered
+and described (emotion probabilities, gender, age, pose, hair and skin colour); for each
+attribute the most and least pronounced `confident_fraction` of samples train a linear
+classifier whose unit normal is the edit direction, with its hold-out accuracy as evidence.
+Emotion directions are fitted the same way, so attribute directions can be made orthogonal to
+them (conditional manipulation). The same scored samples train the latent attribute classifier
+that supervises the latent editor.
+
+Layout under the edits directory:
+    samples/shard-00000.npz      seeds, latents and scores; one resumable shard each
+    directions/<name>.safetensors
+    latent_classifier.safetensors
+    discovery.json               thresholds, accuracies, sample count, provenance
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_schemas import EMOTION_LABELS
+from pipeline.config import EDITABLE_ATTRIBUTES, RunConfig
+from pipeline.editing.directions import Direction, fit_direction, save_direction
+from pipeline.editing.latent_classifier import fit_latent_classifier, save_latent_classifier
+from pipeline.errors import ConfigError
+from pipeline.images import write_atomic
+from pipeline.models.generator import FaceGenerator
+from pipeline.scoring import ATTRIBUTE_NAMES, FaceScorer
+
+# The scorer column behind each editable attribute; higher means "more" of it.
+ATTRIBUTE_SCORES = {
+    "gender": "p_female",
+    "age": "age",
+    "hair_lightness": "hair_lightness",
+    "hair_redness": "hair_redness",
+    "skin_lightness": "skin_lightness",
+    "yaw": "yaw",
+}
+REPORT_FILE = "discovery.json"
+CLASSIFIER_FILE = "latent_classifier.safetensors"
+
+
+def emotion_name(label: str) -> str:
+    """Name of an emotion's direction and classifier output, e.g. `emotion_happy`."""
+    return f"emotion_{label}"
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Scored latents: the evidence directions and the latent classifier are fitted on."""
+
+    seeds: np.ndarray  # (N,) int64
+    latents: np.ndarray  # (N, *latent_shape) float32
+    emotion_probs: np.ndarray  # (N, 7)
+    attributes: np.ndarray  # (N, len(ATTRIBUTE_NAMES))
+
+    def score(self, attribute: str) -> np.ndarray:
+        """The score of an editable attribute or of an emotion (`emotion_happy`)."""
+        if attribute in ATTRIBUTE_SCORES:
+            return self.attributes[:, ATTRIBUTE_NAMES.index(ATTRIBUTE_SCORES[attribute])]
+        for index, label in enumerate(EMOTION_LABELS):
+            if attribute == emotion_name(label):
+                return self.emotion_probs[:, index]
+        raise ConfigError(f"attribute {attribute!r}: known are {sorted(ATTRIBUTE_SCORES)} and emotion_<label>")
+
+
+def sample_shard(generator: FaceGenerator, scorer: FaceScorer, seeds: range, batch_size: int) -> Samples:
+    """Render and describe one range of seeds, a batch at a time."""
+    parts = []
+    for start in range(0, len(seeds), batch_size):
+        batch = seeds[start : start + batch_size]
+        latents = generator.sample_latents(batch)
+        with torch.no_grad():
+            probs, attributes = scorer.describe(generator.synthesize(latents))
+        parts.append((np.asarray(batch, np.int64), latents.cpu().numpy().astype(np.float32), probs, attributes))
+    return Samples(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+
+def sample_shard_plan(config: RunConfig) -> list[tuple[Path, range]]:
+    """Each discovery shard's file and seeds."""
+    settings = config.discovery
+    seeds = range(settings.first_seed, settings.first_seed + settings.samples)
+    directory = Path(config.edits.directory) / "samples"
+    return [
+        (directory / f"shard-{index:05d}.npz", seeds[start : start + settings.shard_size])
+        for index, start in enumerate(range(0, len(seeds), settings.shard_size))
+    ]
+
+
+def ensure_sample_shard(config: RunConfig, index: int, generator: FaceGenerator, scorer: FaceScorer) -> Path:
+    """Sample and score one shard unless its file exists (so discovery resumes)."""
+    path, seeds = sample_shard_plan(config)[index]
+    if not path.exists():
+        write_samples(sample_shard(generator, scorer, seeds, config.batch_size), path)
+    return path
+
+
+def collect_samples_on_disk(config: RunConfig) -> Samples:
+    """The discovery samples already written, or an error naming the command that makes them."""
+    paths = [path for path, _ in sample_shard_plan(config)]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(
+            f"{paths[0].parent}: discovery samples {', '.join(missing[:3])} missing; "
+            "run `exprlock discover` with this config first"
+        )
+    parts = [read_samples(p) for p in paths]
+    return Samples(*(np.concatenate([getattr(p, f) for p in parts]) for f in Samples.__dataclass_fields__))
+
+
+def write_samples(samples: Samples, path: Path) -> Path:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: getattr(samples, name) for name in Samples.__dataclass_fields__})
+    write_atomic(buffer.getvalue(), path)
+    return path
+
+
+def read_samples(path: Path) -> Samples:
+    with np.load(path) as data:
+        return Samples(**{name: data[name] for name in Samples.__dataclass_fields__})
+
+
+def classifier_labels(samples: Samples, names: list[str]) -> np.ndarray:
+    """Labels in [0, 1] for the latent classifier: gender and emotions are probabilities
+    already; the other attributes are split at their median (NaN stays unlabelled)."""
+    columns = []
+    for name in names:
+        score = samples.score(name).astype(np.float64)
+        if name == "gender" or name.startswith("emotion_"):
+            columns.append(score)
+        else:
+            median = np.nanmedian(score)
+            columns.append(np.where(np.isnan(score), np.nan, (score > median).astype(np.float64)))
+    return np.stack(columns, axis=1)
+
+
+def success_threshold(samples: Samples, attribute: str) -> float:
+    """The score an edit must cross to count as having changed the attribute."""
+    return 0.5 if attribute == "gender" else float(np.nanmedian(samples.score(attribute)))
+
+
+def discover(
+    config: RunConfig,
+    samples: Samples,
+    *,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit and save every direction and the latent classifier; return the report."""
+    directory = Path(config.edits.directory)
+    settings = config.discovery
+    latents = torch.from_numpy(samples.latents)
+    names = list(EDITABLE_ATTRIBUTES) + [emotion_name(label) for label in EMOTION_LABELS]
+    directions: dict[str, Direction] = {}
+    for name in names:
+        direction = fit_direction(
+            latents,
+            torch.from_numpy(samples.score(name).astype(np.float64)),
+            name=name,
+            fraction=settings.confident_fraction,
+            provenance={**provenance, "samples": len(samples.seeds)},
+        )
+        save_direction(direction, directory / "directions" / f"{name}.safetensors")
+        directions[name] = direction
+    classifier, report = fit_latent_classifier(
+        latents,
+        torch.from_numpy(classifier_labels(samples, names)),
+        attributes=names,
+        epochs=config.training.classifier_epochs,
+    )
+    save_latent_classifier(classifier, directory / CLASSIFIER_FILE, report=report)
+    summary = {
+        "samples": len(samples.seeds),
+        "seeds": [int(samples.seeds.min()), int(samples.seeds.max())],
+        "confident_fraction": settings.confident_fraction,
+        "directions": {
+            name: {"holdout_accuracy": d.accuracy, "fitted_on": d.num_samples} for name, d in directions.items()
+        },
+        "latent_classifier_holdout_accuracy": report.holdout_accuracy,
+        "success_thresholds": {name: success_threshold(samples, name) for name in EDITABLE_ATTRIBUTES},
+        "provenance": provenance,
+    }
+    write_atomic((json.dumps(summary, indent=2) + "\n").encode(), directory / REPORT_FILE)
+    return summary
+
+
+def read_report(directory: Path) -> dict[str, Any]:
+    """The discovery report of an edits directory, or the command that makes it."""
+    path = Path(directory) / REPORT_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: no discovery results; run `exprlock discover --config ...` first")
+    return json.loads(path.read_text())

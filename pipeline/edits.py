@@ -1,0 +1,131 @@
+"""Applying the configured edits to source latents, by every method the comparison needs.
+
+Methods, all moving a source's latent by `strength` latent units towards the other side of the
+attribute (the sign follows the source's own score, so every edit tries to flip it):
+
+- `linear`: `w + a n` along the discovered direction (InterFaceGAN).
+- `linear_projected`: the same along the direction made orthogonal to the emotion directions
+  named in `discovery.project_out` (InterFaceGAN's conditional manipulation).
+- `editor`: the Latent Transformer editor trained without HFLD (lambda = 0, the base model).
+- `editor_hfld`: the editor trained with lambda * HFLD, once per configured lambda.
+- `refined`: the base editor's edit, then per-sample HFLD refinement of the latent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.discovery import ATTRIBUTE_SCORES, CLASSIFIER_FILE, emotion_name, read_report
+from pipeline.editing.directions import Direction, load_direction, project_orthogonal
+from pipeline.editing.editor import LatentEditor, load_editor
+from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
+from pipeline.editing.refine import RefinementConfig, refine_edits
+from pipeline.models.generator import FaceGenerator
+from pipeline.train_editors import editor_path, hfld_loss
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """One edit every source gets."""
+
+    attribute: str
+    method: str
+    strength: float
+    hfld_lambda: float
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identifier, e.g. `age-editor_hfld-s3-l10`."""
+        return f"{self.attribute}-{self.method}-s{self.strength:g}-l{self.hfld_lambda:g}"
+
+
+def plan_edits(config: RunConfig) -> list[EditSpec]:
+    """Every (attribute, method, strength, lambda) of the config, attribute-major."""
+    specs = []
+    for attribute in config.edits.attributes:
+        for method in config.edits.methods:
+            lambdas = config.edits.hfld_lambdas if method in ("editor_hfld", "refined") else [0.0]
+            for strength in config.edits.strengths:
+                specs.extend(EditSpec(attribute, method, strength, value) for value in lambdas)
+    return specs
+
+
+def edit_directions(source_scores: np.ndarray, threshold: float) -> torch.Tensor:
+    """+1 where the source lies below the attribute's threshold (edit adds it), else -1."""
+    return torch.from_numpy(np.where(np.nan_to_num(source_scores, nan=-np.inf) < threshold, 1.0, -1.0)).float()
+
+
+def attribute_reached(source_signs: torch.Tensor | np.ndarray, edit_scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Whether each edit ended on the other side of the threshold, as it set out to."""
+    signs = np.asarray(source_signs)
+    with np.errstate(invalid="ignore"):
+        return np.where(signs > 0, edit_scores > threshold, edit_scores < threshold) & ~np.isnan(edit_scores)
+
+
+class Editing:
+    """The directions, editors and classifier of an edits directory, loaded on first use."""
+
+    def __init__(self, config: RunConfig, generator: FaceGenerator) -> None:
+        self.config = config
+        self.generator = generator
+        self.directory = Path(config.edits.directory)
+        self.report = read_report(self.directory)
+        self._editors: dict[tuple[str, float], LatentEditor] = {}
+
+    def threshold(self, attribute: str) -> float:
+        return float(self.report["success_thresholds"][attribute])
+
+    def score_name(self, attribute: str) -> str:
+        """The scorer attribute that measures an editable attribute, e.g. gender -> p_female."""
+        return ATTRIBUTE_SCORES[attribute]
+
+    def direction(self, name: str) -> Direction:
+        return load_direction(self.directory / "directions" / f"{name}.safetensors", latent_shape=self.generator.latent_shape)
+
+    def projected_direction(self, attribute: str) -> Direction:
+        others = [self.direction(emotion_name(label)) for label in self.config.discovery.project_out]
+        return project_orthogonal(self.direction(attribute), others, name=f"{attribute}_projected")
+
+    def editor(self, attribute: str, hfld_lambda: float) -> LatentEditor:
+        key = (attribute, hfld_lambda)
+        if key not in self._editors:
+            path = editor_path(self.directory, attribute, hfld_lambda)
+            self._editors[key] = load_editor(path, latent_shape=self.generator.latent_shape, device=self.generator.device)
+        return self._editors[key]
+
+    @cached_property
+    def classifier(self) -> LatentClassifier:
+        return load_latent_classifier(
+            self.directory / CLASSIFIER_FILE, latent_shape=self.generator.latent_shape, device=self.generator.device
+        )
+
+    def apply(self, spec: EditSpec, latents: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+        """Edited latents of a batch; `signs` (+1/-1 per source) say which way each goes."""
+        strength = signs.to(latents.device, latents.dtype) * spec.strength
+        if spec.method == "linear":
+            return self.direction(spec.attribute).edit(latents, strength)
+        if spec.method == "linear_projected":
+            return self.projected_direction(spec.attribute).edit(latents, strength)
+        with torch.no_grad():
+            base = self.editor(spec.attribute, 0.0 if spec.method != "editor_hfld" else spec.hfld_lambda)
+            edited = base(latents, strength)
+        if spec.method in ("editor", "editor_hfld"):
+            return edited
+        if spec.method == "refined":
+            result = refine_edits(
+                edited,
+                latents,
+                hfld=hfld_loss(self.config, self.generator, spec.hfld_lambda),
+                classifier=self.classifier,
+                attribute=spec.attribute,
+                add=signs > 0,
+                config=RefinementConfig(steps=self.config.edits.refine_steps),
+            )
+            return result.latents.detach()
+        raise ValueError(f"edit method {spec.method!r} is not known")

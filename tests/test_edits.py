@@ -1,0 +1,110 @@
+"""Edit methods on a planted latent space, and the comparison table's arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from data_schemas import Col
+from pipeline.config import parse_config
+from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
+from pipeline.edits import EditSpec, Editing, attribute_reached, edit_directions, plan_edits
+from pipeline.editing.synthetic import TinyGenerator
+from pipeline.evaluation import change_at_success, reductions, summarise
+from pipeline.train_editors import editor_path, required_editors, train_editor
+from test_discovery import LATENT_DIM, PlantedScorer
+
+
+@pytest.fixture(scope="module")
+def editing(tmp_path_factory: pytest.TempPathFactory) -> Editing:
+    directory = tmp_path_factory.mktemp("models")
+    config = parse_config(
+        {
+            "discovery": {"samples": 400, "shard_size": 400},
+            "training": {"steps": 30, "classifier_epochs": 5},
+            "edits": {"directory": str(directory), "attributes": ["gender"], "methods": ["linear", "linear_projected", "editor"]},
+        }
+    )
+    generator = TinyGenerator((LATENT_DIM,), resolution=4)
+    ensure_sample_shard(config, 0, generator, PlantedScorer(generator))
+    samples = collect_samples_on_disk(config)
+    discover(config, samples, provenance={})
+    assert required_editors(config) == [("gender", 0.0)]
+    train_editor(config, generator, samples, "gender", 0.0)
+    assert editor_path(directory, "gender", 0.0).is_file()
+    return Editing(config, generator)
+
+
+def test_plan_covers_every_combination_attribute_major() -> None:
+    config = parse_config(
+        {"edits": {"attributes": ["age", "gender"], "methods": ["linear", "editor_hfld"], "strengths": [2, 4], "hfld_lambdas": [1, 10]}}
+    )
+    specs = plan_edits(config)
+    assert len(specs) == 2 * (2 + 2 * 2)
+    assert [s.attribute for s in specs[:6]] == ["age"] * 6
+    assert EditSpec("age", "linear", 2.0, 0.0) in specs and EditSpec("gender", "editor_hfld", 4.0, 10.0) in specs
+    assert specs[0].slug == "age-linear-s2-l0"
+
+
+def test_edits_head_for_the_other_side_and_success_is_crossing_it() -> None:
+    signs = edit_directions(np.array([0.2, 0.7, np.nan]), 0.5)
+    assert signs.tolist() == [1.0, -1.0, 1.0]
+    reached = attribute_reached(signs, np.array([0.6, 0.6, np.nan]), 0.5)
+    assert reached.tolist() == [True, False, False]
+
+
+def test_linear_edit_moves_along_the_direction(editing: Editing) -> None:
+    latents = torch.randn(5, LATENT_DIM)
+    signs = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0])
+    edited = editing.apply(EditSpec("gender", "linear", 3.0, 0.0), latents, signs)
+    direction = editing.direction("gender").vector
+    np.testing.assert_allclose((edited - latents).numpy(), (3.0 * signs[:, None] * direction).numpy(), atol=1e-6)
+
+
+def test_projected_edit_leaves_the_emotion_directions_alone(editing: Editing) -> None:
+    latents = torch.randn(4, LATENT_DIM)
+    edited = editing.apply(EditSpec("gender", "linear_projected", 2.0, 0.0), latents, torch.ones(4))
+    for label in ("happy", "surprise"):
+        emotion = editing.direction(f"emotion_{label}").vector
+        assert torch.allclose((edited - latents) @ emotion, torch.zeros(4), atol=1e-5)
+
+
+def test_trained_editor_reaches_the_target_more_often_than_it_started(editing: Editing) -> None:
+    latents = torch.randn(200, LATENT_DIM, generator=torch.Generator().manual_seed(3))
+    before = torch.sigmoid(editing.classifier(latents)[:, editing.classifier.index("gender")]).detach().numpy()
+    signs = edit_directions(before, 0.5)
+    edited = editing.apply(EditSpec("gender", "editor", 3.0, 0.0), latents, signs)
+    after = torch.sigmoid(editing.classifier(edited)[:, editing.classifier.index("gender")]).detach().numpy()
+    assert attribute_reached(signs, after, 0.5).mean() > 0.8
+
+
+def _summary_rows() -> pd.DataFrame:
+    rows = []
+    for method, (success, js) in {"editor": ((0.4, 0.8), (0.10, 0.20)), "editor_hfld": ((0.5, 0.9), (0.05, 0.12))}.items():
+        for strength, s, j in zip((3.0, 6.0), success, js):
+            for i in range(10):
+                rows.append({
+                    Col.SEED: i, Col.ATTRIBUTE: "age", Col.STRENGTH: strength, Col.EDITOR: method,
+                    Col.HFLD_LAMBDA: 10.0 if method == "editor_hfld" else 0.0,
+                    Col.ATTRIBUTE_REACHED: i < round(10 * s), Col.EMOTION_FLIPPED: False, Col.EMOTION_JS: j,
+                    Col.LANDMARK_NME: 0.1, Col.IDENTITY_COSINE: 0.5, Col.FACE_DETECTED_EDIT: True,
+                })
+    return pd.DataFrame(rows)
+
+
+def test_summary_and_reduction_at_equal_success() -> None:
+    summary = summarise(_summary_rows())
+    row = summary[(summary[Col.EDITOR] == "editor") & (summary[Col.STRENGTH] == 6.0)].iloc[0]
+    assert row["attribute_success"] == pytest.approx(0.8) and row["emotion_js"] == pytest.approx(0.2)
+    assert row["edits"] == 10
+    # editor_hfld's curve: (0, 0), (0.5, 0.05), (0.9, 0.12). At success 0.4: 0.04; at 0.8: 0.1025.
+    assert change_at_success(summary, attribute="age", editor="editor_hfld", hfld_lambda=10.0, success=0.4, metric="emotion_js") == pytest.approx(0.04)
+    assert np.isnan(change_at_success(summary, attribute="age", editor="editor_hfld", hfld_lambda=10.0, success=0.95, metric="emotion_js"))
+    table = reductions(summary).set_index(Col.STRENGTH)
+    assert table.loc[3.0, "emotion_js_reduction"] == pytest.approx((0.10 - 0.04) / 0.10)
+    assert table.loc[6.0, "emotion_js_reduction"] == pytest.approx((0.20 - 0.1025) / 0.20)
+    assert np.isnan(table.loc[6.0, "emotion_flip_rate_reduction"])  # nothing flipped: no base to reduce
