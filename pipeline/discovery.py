@@ -157,7 +157,10 @@ def discover(
     directory = Path(config.edits.directory)
     settings = config.discovery
     latents = torch.from_numpy(samples.latents)
-    names = list(EDITABLE_ATTRIBUTES) + [emotion_name(label) for label in EMOTION_LABELS]
+    candidates = list(EDITABLE_ATTRIBUTES) + [emotion_name(label) for label in EMOTION_LABELS]
+    # Attributes whose scorer did not run (all NaN, e.g. gender and age without the Adience
+    # nets) get no direction and no classifier output.
+    names = [name for name in candidates if np.isfinite(samples.score(name)).any()]
     directions: dict[str, Direction] = {}
     for name in names:
         direction = fit_direction(
@@ -184,7 +187,8 @@ def discover(
             name: {"holdout_accuracy": d.accuracy, "fitted_on": d.num_samples} for name, d in directions.items()
         },
         "latent_classifier_holdout_accuracy": report.holdout_accuracy,
-        "success_thresholds": {name: success_threshold(samples, name) for name in EDITABLE_ATTRIBUTES},
+        "unscored": [name for name in candidates if name not in names],
+        "success_thresholds": {name: success_threshold(samples, name) for name in EDITABLE_ATTRIBUTES if name in names},
         "provenance": provenance,
     }
     write_atomic((json.dumps(summary, indent=2) + "\n").encode(), directory / REPORT_FILE)

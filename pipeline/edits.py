@@ -26,6 +26,7 @@ from pipeline.editing.directions import Direction, load_direction, project_ortho
 from pipeline.editing.editor import LatentEditor, load_editor
 from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
 from pipeline.editing.refine import RefinementConfig, refine_edits
+from pipeline.errors import ConfigError
 from pipeline.models.generator import FaceGenerator
 from pipeline.train_editors import editor_path, hfld_loss
 
@@ -76,6 +77,12 @@ class Editing:
         self.generator = generator
         self.directory = Path(config.edits.directory)
         self.report = read_report(self.directory)
+        missing = [a for a in config.edits.attributes if a not in self.report["success_thresholds"]]
+        if missing:
+            raise ConfigError(
+                f"edits.attributes: no direction for {missing} in {self.directory} (they were not scored "
+                "at discovery); enable their scorer and run `exprlock discover` again"
+            )
         self._editors: dict[tuple[str, float], LatentEditor] = {}
 
     def threshold(self, attribute: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,17 @@ def test_summary_and_reduction_at_equal_success() -> None:
     assert table.loc[3.0, "emotion_js_reduction"] == pytest.approx((0.10 - 0.04) / 0.10)
     assert table.loc[6.0, "emotion_js_reduction"] == pytest.approx((0.20 - 0.1025) / 0.20)
     assert np.isnan(table.loc[6.0, "emotion_flip_rate_reduction"])  # nothing flipped: no base to reduce
+
+
+def test_an_attribute_without_a_direction_is_named(editing: Editing) -> None:
+    from pipeline.errors import ConfigError
+
+    config = parse_config({"edits": {"directory": str(editing.directory), "attributes": ["gender", "yaw"]}})
+    report = editing.report
+    unscored = dict(report, success_thresholds={"gender": 0.5})
+    (editing.directory / "discovery.json").write_text(json.dumps(unscored))
+    try:
+        with pytest.raises(ConfigError, match=r"no direction for \['yaw'\]"):
+            Editing(config, editing.generator)
+    finally:
+        (editing.directory / "discovery.json").write_text(json.dumps(report))
