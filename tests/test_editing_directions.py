@@ -17,13 +17,7 @@ from pipeline.editing.directions import (
 from pipeline.errors import CheckpointError, ConfigError, ImageError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared CPU, thread hand-offs cost more than the arithmetic."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unit(size: int, seed: int) -> torch.Tensor:

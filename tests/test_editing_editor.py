@@ -10,13 +10,7 @@ from pipeline.editing.editor import LatentEditor, load_editor, save_editor
 from pipeline.errors import CheckpointError, ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared CPU, thread hand-offs cost more than the arithmetic."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -21,13 +21,7 @@ from pipeline.editing.synthetic import TinyGenerator, TinyLandmarks
 from pipeline.errors import ConfigError, ImageError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared CPU, thread hand-offs cost more than the arithmetic."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def face_points(count: int = 3, points: int = 20, dims: int = 2, seed: int = 0) -> torch.Tensor:

@@ -15,13 +15,7 @@ from pipeline.editing.latent_classifier import (
 from pipeline.errors import CheckpointError, ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared CPU, thread hand-offs cost more than the arithmetic."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(count: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

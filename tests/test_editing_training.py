@@ -16,13 +16,7 @@ from pipeline.errors import CheckpointError, ConfigError
 SHAPE = (2, 4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared CPU, thread hand-offs cost more than the arithmetic."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Problem:

@@ -8,7 +8,6 @@ test_stylegan2_checkpoints.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,13 +26,7 @@ from pipeline.models.stylegan2 import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """The tensors here are tiny: one intra-op thread is fastest, even on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**overrides: object) -> StyleGAN2Config:

@@ -16,7 +16,6 @@ import os
 import pickle
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,7 @@ RESOLUTION = 16
 CHANNEL_BASE, CHANNEL_MAX = 256, 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """The tensors here are tiny: one intra-op thread is fastest, even on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_generator(conv_clamp: float | None = None, seed: int = 0) -> StyleGAN2Generator:
