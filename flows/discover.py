@@ -25,7 +25,7 @@ def sample_shard_task(config: dict[str, Any], index: int) -> str:
     generator, _, _ = load_generator(
         settings.generator_kind, settings.generator.checkpoint, settings.generator.truncation_psi, device
     )
-    return str(ensure_sample_shard(settings, index, generator, load_scorer(device, True)))
+    return str(ensure_sample_shard(settings, index, generator, load_scorer(*settings.scorer_settings(device))))
 
 
 @task(name="fit-directions", cache_policy=NO_CACHE)
@@ -38,7 +38,7 @@ def fit_directions_task(config: dict[str, Any]) -> dict[str, Any]:
     provenance = {
         "generator": generator_name,
         "generator_sha256": generator_sha,
-        "scorers": load_scorer(device, True).provenance(),
+        "scorers": load_scorer(*settings.scorer_settings(device)).provenance(),
     }
     return discover(settings, collect_samples_on_disk(settings), provenance=provenance)
 

@@ -46,6 +46,12 @@ class ScoringConfig(_Strict):
 
     enabled: bool = Field(True, description="score faces (emotion, identity, landmarks, detection, attributes)")
     attributes: bool = Field(True, description="also run the Adience gender and age nets (the slowest scorers)")
+    emotion: Literal["native", "deepface"] | None = Field(
+        None, description="emotion model; null: native mini-Xception on demo, deepface on ffhq"
+    )
+    identity: Literal["native", "insightface"] | None = Field(
+        None, description="identity model; null: native SFace on demo, insightface ArcFace on ffhq"
+    )
 
 
 EditMethod = Literal["linear", "linear_projected", "editor", "editor_hfld", "refined"]
@@ -126,9 +132,22 @@ class RunConfig(_Strict):
         return self.generator.kind or ("stylegan2" if self.profile == "ffhq" else "dcgan")
 
     @property
+    def emotion_backend(self) -> str:
+        return self.scoring.emotion or ("deepface" if self.profile == "ffhq" else "native")
+
+    @property
+    def identity_backend(self) -> str:
+        return self.scoring.identity or ("insightface" if self.profile == "ffhq" else "native")
+
+    def scorer_settings(self, device: str) -> tuple[str, bool, str, str]:
+        """The arguments of `pipeline.scoring.load_scorer` for this run on `device`."""
+        return device, self.scoring.attributes, self.emotion_backend, self.identity_backend
+
+    @property
     def run_id(self) -> str:
         identity = self.model_dump(mode="json", exclude=_EXECUTION_FIELDS)
         identity["generator"]["kind"] = self.generator_kind
+        identity["scoring"].update(emotion=self.emotion_backend, identity=self.identity_backend)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return f"{self.profile}-{digest[:12]}"
 

@@ -84,7 +84,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     generator, generator_name, generator_sha = load_generator(
         config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, str(device)
     )
-    scorer = load_scorer(str(device), config.scoring.attributes) if config.scoring.enabled else None
+    scorer = load_scorer(*config.scorer_settings(str(device))) if config.scoring.enabled else None
     specs = plan_edits(config)
     editing = Editing(config, generator) if specs else None
     images_dir = Path("images") / f"shard-{index:05d}"

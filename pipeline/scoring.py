@@ -12,20 +12,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 import torch
 
 from data_schemas import ATTRIBUTE_FIELDS, EMOTION_LABELS, Col
 from pipeline.editing.hfld import landmark_nme
-from pipeline.models.assets import REGISTRY
+from pipeline.models.assets import REGISTRY, file_sha256
 from pipeline.models.attributes import AdienceGenderAge, colour_attributes, head_pose
+from pipeline.models.deepface_backend import DeepFaceEmotion
 from pipeline.models.detector import FaceDetector
 from pipeline.models.emotion import EmotionClassifier
 from pipeline.models.facemesh import LEFT_EYE, RIGHT_EYE, FaceMeshLandmarker
 from pipeline.models.generator import to_uint8
 from pipeline.models.identity import IdentityEncoder, align_faces, cosine
+from pipeline.models.insightface_backend import LICENCE as INSIGHTFACE_LICENCE
+from pipeline.models.insightface_backend import ArcFaceIdentity
 
+EmotionBackend = Literal["native", "deepface"]
+IdentityBackend = Literal["native", "insightface"]
+DEEPFACE_LICENCE = "deepface facial expression model (serengil/deepface, MIT); trained on FER2013"
 ATTRIBUTE_NAMES = tuple(name for name, _ in ATTRIBUTE_FIELDS)
 # FaceMesh points for SFace's five-point template, in its order: eye on the image's left (the
 # subject's right), eye on the image's right, nose tip, mouth corner on the image's left, right.
@@ -100,16 +107,26 @@ class FaceScorer:
     """All scoring models, loaded once; `score` takes generator images `(N, 3, R, R)` in [-1, 1].
 
     Args:
-        device: where the torch models run (cv2 models run on the CPU).
+        device: where the torch models run (cv2 and onnxruntime models run on the CPU).
         attributes: also run the Adience gender and age nets (the slowest scorers); without
             them `p_female` and `age` are NaN.
+        emotion: "native" (FER2013 mini-Xception asset) or "deepface" (deepface's emotion
+            model, from its weights folder; refused with the path when absent).
+        identity: "native" (SFace asset) or "insightface" (ArcFace of buffalo_l, likewise).
     """
 
-    def __init__(self, *, device: str | torch.device = "cpu", attributes: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        device: str | torch.device = "cpu",
+        attributes: bool = True,
+        emotion: EmotionBackend = "native",
+        identity: IdentityBackend = "native",
+    ) -> None:
         self.device = torch.device(device)
         self.landmarker = FaceMeshLandmarker().to(self.device).eval()
-        self.emotion = EmotionClassifier().to(self.device).eval()
-        self.identity = IdentityEncoder().to(self.device).eval()
+        self.emotion = (EmotionClassifier() if emotion == "native" else DeepFaceEmotion()).to(self.device).eval()
+        self.identity = IdentityEncoder().to(self.device).eval() if identity == "native" else ArcFaceIdentity()
         self.detector = FaceDetector()
         self.adience = AdienceGenderAge() if attributes else None
 
@@ -117,18 +134,23 @@ class FaceScorer:
     def score(self, images: torch.Tensor) -> FaceScores:
         images = images.to(self.device, torch.float32)
         landmarks, _ = self.landmarker(images)
-        embeddings = self.identity(align_faces(images, five_points(landmarks)))
+        embeddings = self._embed(align_faces(images, five_points(landmarks)))
         pixels = to_uint8(images).numpy()
         detections = self.detector.detect(pixels)
         emotion_probs, attributes = self._describe(images, pixels, landmarks)
         return FaceScores(
             emotion_probs=emotion_probs,
             landmarks=landmarks.cpu().numpy(),
-            embeddings=embeddings.cpu().numpy(),
+            embeddings=embeddings,
             face_found=detections.found,
             face_score=detections.scores,
             attributes=attributes,
         )
+
+    def _embed(self, crops: torch.Tensor) -> np.ndarray:
+        if isinstance(self.identity, IdentityEncoder):
+            return self.identity(crops).cpu().numpy()
+        return np.asarray(self.identity.embed(to_uint8(crops)), dtype=np.float32)
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -159,12 +181,28 @@ class FaceScorer:
         return np.stack([np.asarray(columns[name], dtype=np.float32) for name in ATTRIBUTE_NAMES], axis=1)
 
     def provenance(self) -> list[dict[str, str]]:
-        """Which asset, digest and licence stands behind each score (for the manifest)."""
-        roles = _MODEL_ROLES if self.adience is not None else _MODEL_ROLES[:4]
-        return [
-            {"role": role, "name": name, "sha256": REGISTRY[name].sha256, "licence": REGISTRY[name].licence}
-            for role, name in roles
-        ]
+        """Which model file, digest and licence stands behind each score (for the manifest)."""
+        records = [_asset_record(role, name) for role, name in _MODEL_ROLES if self._uses(role)]
+        for role, model in (("emotion", self.emotion), ("identity", self.identity)):
+            if isinstance(model, (DeepFaceEmotion, ArcFaceIdentity)):
+                records.append(
+                    {"role": role, "name": model.weights_path.name, "sha256": file_sha256(model.weights_path),
+                     "licence": DEEPFACE_LICENCE if role == "emotion" else INSIGHTFACE_LICENCE}
+                )
+        return records
+
+    def _uses(self, role: str) -> bool:
+        if role in ("gender", "age"):
+            return self.adience is not None
+        if role == "emotion":
+            return isinstance(self.emotion, EmotionClassifier)
+        if role == "identity":
+            return isinstance(self.identity, IdentityEncoder)
+        return True
+
+
+def _asset_record(role: str, name: str) -> dict[str, str]:
+    return {"role": role, "name": name, "sha256": REGISTRY[name].sha256, "licence": REGISTRY[name].licence}
 
 
 def compare(source: FaceScores, edit: FaceScores) -> PairScores:
@@ -187,9 +225,11 @@ def repeat_rows(scores: FaceScores, repeats: Sequence[int] | int) -> FaceScores:
 
 
 @lru_cache(maxsize=2)
-def load_scorer(device: str, attributes: bool) -> FaceScorer:
+def load_scorer(
+    device: str, attributes: bool, emotion: EmotionBackend = "native", identity: IdentityBackend = "native"
+) -> FaceScorer:
     """One scorer per process and setting; loading the models takes seconds."""
-    return FaceScorer(device=device, attributes=attributes)
+    return FaceScorer(device=device, attributes=attributes, emotion=emotion, identity=identity)
 
 
 def concat_scores(parts: Sequence[FaceScores]) -> FaceScores:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,43 @@ def test_repeat_rows_lines_sources_up_with_their_edits(scorer: FaceScorer, faces
     with pytest.raises(KeyError, match="known: p_female"):
         scores.attribute("hair_colour")
     assert len(ATTRIBUTE_NAMES) == scores.attributes.shape[1]
+
+
+def test_full_size_backends_replace_the_native_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faces: torch.Tensor
+) -> None:
+    from test_insightface_backend import write_arcface
+
+    from deepface.models.demography.pytorch.Emotion import EmotionModel
+
+    from pipeline.models.deepface_backend import WEIGHTS_FILE, DeepFaceEmotion
+    from pipeline.models.generator import to_uint8
+    from pipeline.models.identity import align_faces
+    from pipeline.models.insightface_backend import RECOGNITION_FILE, ArcFaceIdentity, pack_dir
+
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.manual_seed(0)
+    weights = tmp_path / ".deepface" / "weights" / WEIGHTS_FILE
+    weights.parent.mkdir(parents=True)
+    torch.save(EmotionModel().state_dict(), weights)
+    write_arcface(pack_dir() / RECOGNITION_FILE)
+
+    scorer = FaceScorer(attributes=False, emotion="deepface", identity="insightface")
+    scores = scorer.score(faces)
+    expected_probs = DeepFaceEmotion().probabilities(to_uint8(faces)).numpy()
+    np.testing.assert_allclose(scores.emotion_probs, expected_probs, atol=1e-5)
+    landmarks, _ = scorer.landmarker(faces)
+    crops = to_uint8(align_faces(faces, five_points(landmarks)))
+    np.testing.assert_allclose(scores.embeddings, ArcFaceIdentity().embed(crops), atol=1e-5)
+    roles = {record["role"]: record for record in scorer.provenance()}
+    assert roles["emotion"]["name"] == WEIGHTS_FILE and roles["identity"]["name"] == RECOGNITION_FILE
+    assert "non-commercial" in roles["identity"]["licence"]
+
+
+def test_full_size_backend_without_weights_names_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import AssetError
+
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path))
+    with pytest.raises(AssetError, match=str(tmp_path / ".deepface" / "weights")):
+        FaceScorer(attributes=False, emotion="deepface")
