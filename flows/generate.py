@@ -1,28 +1,45 @@
-"""The `generate` flow: plan shards, render each, write the contact sheet.
+"""The `generate` flow: plan shards, render each, write the contact sheet and the dataset card.
 
 Tasks take small hashable inputs (the config as JSON, the run directory, a shard index) and
-return summaries, never tensors. The render task carries the `exprlock-gpu` tag so a
-concurrency limit on that tag keeps one GPU from being oversubscribed.
+return summaries, never tensors. Each shard is rendered under an exclusive claim on the shared
+filesystem (`pipeline.shard_claim`), so workers that race for a shard write it once.
+
+Scale-out, two ways:
+- `runner="dask"` runs the selected shards in parallel on a Dask cluster through
+  `prefect-dask`: a local cluster of `dask_workers` processes, or the scheduler at
+  `dask_address`.
+- `shards="0-9"` makes this flow run do only those shards, so one run can be split into
+  several flow runs on several workers (`flows.fanout` submits them).
+The contact sheet and the card are written by whichever flow run finds every shard finished.
+
+Shard tasks on a CUDA device carry the `exprlock-gpu` tag, whose concurrency limit (created by
+`exprlock setup`) keeps a GPU from being oversubscribed; on the CPU they carry `exprlock-cpu`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import load_config, parse_config
-from pipeline.run import default_run_dir, generate_shard, plan_shards, prepare_run, write_contact_sheet
+from pipeline.card import write_card
+from pipeline.config import RunConfig, load_config, parse_config
+from pipeline.errors import ConfigError
+from pipeline.manifest import MANIFEST_DIR
+from pipeline.run import default_run_dir, plan_shards, prepare_run, shard_path, write_contact_sheet
+from pipeline.shard_claim import ShardStatus, generate_shard_once, parse_shard_spec
 
 GPU_TAG = "exprlock-gpu"
+CPU_TAG = "exprlock-cpu"
 
 
-@task(name="generate-shard", tags=[GPU_TAG], cache_policy=NO_CACHE, retries=1)
+@task(name="generate-shard", cache_policy=NO_CACHE, retries=1)
 def generate_shard_task(config: dict[str, Any], run_dir: str, index: int) -> dict[str, Any]:
-    result = generate_shard(parse_config(config), Path(run_dir), index)
-    return {"shard": result.index, "path": str(result.path), "rows": result.rows, "skipped": result.skipped}
+    outcome = generate_shard_once(parse_config(config), Path(run_dir), index)
+    return {"shard": outcome.index, "path": str(outcome.path), "rows": outcome.rows, "status": str(outcome.status)}
 
 
 @task(name="contact-sheet", cache_policy=NO_CACHE)
@@ -30,20 +47,96 @@ def contact_sheet_task(run_dir: str) -> str:
     return str(write_contact_sheet(Path(run_dir)))
 
 
+@task(name="dataset-card", cache_policy=NO_CACHE)
+def dataset_card_task(run_dir: str) -> str:
+    return str(write_card(Path(run_dir)))
+
+
+@flow(name="generate-shards")
+def render_shards(config: dict[str, Any], run_dir: str, indices: list[int], tag: str) -> list[dict[str, Any]]:
+    """Submit every shard at once to this subflow's task runner (a Dask cluster)."""
+    shard_task = generate_shard_task.with_options(tags=[tag])
+    futures = [shard_task.submit(config, run_dir, index) for index in indices]
+    return [future.result() for future in futures]
+
+
 @flow(name="generate")
-def generate(config_path: str, out: str | None = None) -> dict[str, Any]:
-    """Sample the config's seeds in shards, render and save them, and write the manifest."""
-    config = load_config(Path(config_path))
+def generate(
+    config_path: str,
+    out: str | None = None,
+    device: Literal["auto", "cpu", "cuda"] | None = None,
+    shards: str | None = None,
+    runner: Literal["process", "dask"] = "process",
+    dask_address: str | None = None,
+    dask_workers: int = 2,
+) -> dict[str, Any]:
+    """Sample the config's seeds in shards, render and save them, and write the manifest.
+
+    Args:
+        config_path: run config (YAML or TOML), relative to the worker's working directory.
+        out: run directory; default `runs/<run id>`.
+        device: replaces the config's device (the run id does not change).
+        shards: only these shards, e.g. "0-9" or "0-3,8"; default all.
+        runner: "process" renders shards one after another in the flow's process; "dask" in parallel.
+        dask_address: scheduler of an existing Dask cluster (runner "dask"); default a local one.
+        dask_workers: processes of the local Dask cluster.
+    """
+    config = with_device(load_config(Path(config_path)), device)
+    if dask_address and runner != "dask":
+        raise ConfigError("dask_address: only used with runner='dask'; set runner='dask' or drop the address")
     run_dir = prepare_run(config, Path(out) if out else default_run_dir(config))
+    total = len(plan_shards(config))
+    indices = parse_shard_spec(shards, total) if shards else list(range(total))
     payload = config.model_dump(mode="json")
-    shards = [generate_shard_task(payload, str(run_dir), index) for index in range(len(plan_shards(config)))]
-    sheet = contact_sheet_task(str(run_dir))
+    tag = slot_tag(config.device)
+    if runner == "dask":
+        results = render_shards.with_options(task_runner=dask_task_runner(dask_address, dask_workers))(
+            payload, str(run_dir), indices, tag
+        )
+    else:
+        shard_task = generate_shard_task.with_options(tags=[tag])
+        results = [shard_task(payload, str(run_dir), index) for index in indices]
+    complete = all(shard_path(run_dir, index).exists() for index in range(total))
+    statuses = [r["status"] for r in results]
     return {
         "run_id": config.run_id,
         "run_dir": str(run_dir),
-        "manifest": str(run_dir / "manifest"),
-        "contact_sheet": sheet,
-        "shards_written": sum(not s["skipped"] for s in shards),
-        "shards_skipped": sum(s["skipped"] for s in shards),
-        "rows_written": sum(s["rows"] for s in shards),
+        "manifest": str(run_dir / MANIFEST_DIR),
+        "complete": complete,
+        "contact_sheet": contact_sheet_task(str(run_dir)) if complete else None,
+        "dataset_card": dataset_card_task(str(run_dir)) if complete else None,
+        "shards_written": statuses.count(ShardStatus.WRITTEN),
+        "shards_skipped": statuses.count(ShardStatus.DONE),
+        "shards_busy": statuses.count(ShardStatus.BUSY),
+        "rows_written": sum(r["rows"] for r in results),
     }
+
+
+def with_device(config: RunConfig, device: str | None) -> RunConfig:
+    """The config with its device replaced (validated again); the run id stays the same."""
+    if device is None:
+        return config
+    return parse_config({**config.model_dump(mode="json"), "device": device}, source="device parameter")
+
+
+def slot_tag(device: str) -> str:
+    """The concurrency tag of a shard task: GPU work is throttled, CPU work is not."""
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return GPU_TAG if on_gpu else CPU_TAG
+
+
+def dask_task_runner(address: str | None, workers: int) -> Any:
+    """A `DaskTaskRunner` on the scheduler at `address`, else on a local cluster of `workers`.
+
+    Local workers are processes with one thread each, and Dask's nanny sets OMP_NUM_THREADS=1
+    in each, so N workers keep N cores busy without oversubscribing them.
+    """
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    if workers < 1:
+        raise ConfigError(f"dask_workers: expected at least 1, got {workers}")
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    )

@@ -1,0 +1,215 @@
+"""The dataset card: a Markdown file beside each run's manifest that says what the data is.
+
+It follows the spirit of "Datasheets for Datasets" (Gebru et al., 2021) and Hugging Face dataset
+cards, in the few sections a user of a generated face dataset needs before training on it: the
+config that made it, every model with its file hash and licence (looked up in the asset
+registry by digest, so a user-supplied file is never mistaken for a registered one), counts,
+score summaries and plots, and known limitations, including the licence terms that restrict
+use. Everything is derived from the run directory (config record, manifest, contact sheet), so
+writing the card again after more shards finish gives the up-to-date card.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+import pipeline
+from data_schemas import Col
+from pipeline.images import write_atomic
+from pipeline.summary import CATEGORIES, NOT_SCORED, open_manifest, summarize, write_plots
+from pipeline.models.assets import REGISTRY, Asset
+from pipeline.run import CONFIG_FILE, CONTACT_SHEET
+
+CARD_FILE = "dataset_card.md"
+_RESTRICTIVE = ("non-commercial", "research use", "research only")
+# Image columns carry a digest too, but of a PNG, not of a model.
+_NOT_MODELS = {Col.IMAGE_SOURCE, Col.IMAGE_EDIT}
+
+
+def write_card(run_dir: Path) -> Path:
+    """Write (or rewrite) `dataset_card.md` in `run_dir`, with the plots it shows."""
+    run_dir = Path(run_dir)
+    summary = summarize(run_dir)
+    plots = write_plots(run_dir)
+    models = model_provenance(run_dir)
+    record = _config_record(run_dir)
+    sections = [
+        _header(summary, record),
+        _config_section(record),
+        _models_section(models),
+        _counts_section(summary),
+        _metrics_section(summary),
+        _plots_section(run_dir, plots),
+        _limitations_section(summary, models, record),
+        _loading_section(),
+    ]
+    path = run_dir / CARD_FILE
+    write_atomic(("\n\n".join(sections) + "\n").encode(), path)
+    return path
+
+
+def model_provenance(run_dir: Path) -> list[dict[str, Any]]:
+    """Each distinct model named in the manifest: role, name, SHA-256, licence, registry record.
+
+    Models come from the `models` column (one record per scorer) and from any column `X` with a
+    companion `X_sha256` (the generator), image columns excepted. The registry record is found
+    by digest; the licence is the manifest's when it recorded one, else the registry's.
+    """
+    dataset, _ = open_manifest(run_dir)
+    names = set(dataset.schema.names)
+    found: dict[tuple[str, str, str], str | None] = {}
+    for role in sorted(n for n in names if f"{n}_sha256" in names and n not in _NOT_MODELS):
+        table = dataset.to_table(columns=[role, f"{role}_sha256"])
+        for row in table.group_by([role, f"{role}_sha256"]).aggregate([]).to_pylist():
+            found[(role, row[role], row[f"{role}_sha256"])] = None
+    if Col.MODELS in names:
+        records = pc.list_flatten(dataset.to_table(columns=[Col.MODELS]).column(Col.MODELS))
+        fields = pa.table(records.flatten(), names=[f.name for f in records.type])
+        for record in fields.group_by(fields.column_names).aggregate([]).to_pylist():
+            found[(record["role"], record["name"], record["sha256"])] = record["licence"]
+    by_digest = {asset.sha256: asset for asset in REGISTRY.values()}
+    models = []
+    for (role, name, digest), licence in sorted(found.items()):
+        asset = by_digest.get(digest)
+        licence = licence or (asset.licence if asset else None)
+        models.append({"role": role, "name": name, "sha256": digest, "licence": licence, "asset": asset})
+    return models
+
+
+def _header(summary: dict[str, Any], record: dict[str, Any]) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join(
+        [
+            f"# Dataset card: {summary['run_id']}",
+            "",
+            f"Synthetic face images with an expression-preserving edit pipeline, produced by exprlock "
+            f"{record.get('exprlock', pipeline.__version__)}. Card written {now} by exprlock {pipeline.__version__}.",
+            "",
+            "| rows | shards | source seeds | manifest schema |",
+            "|---|---|---|---|",
+            f"| {summary['rows']} | {summary['shards']} | {summary['seeds']['min']}..{summary['seeds']['max']} "
+            f"({summary['seeds']['unique']} unique) | {summary['schema_version']} |",
+        ]
+    )
+
+
+def _config_section(record: dict[str, Any]) -> str:
+    config = yaml.safe_dump(record.get("config", {}), sort_keys=False).rstrip()
+    return (
+        "## Config\n\nThe run id is a digest of this config (device and batch size excluded); running it "
+        f"again resumes the run.\n\n```yaml\n{config}\n```"
+    )
+
+
+def _models_section(models: list[dict[str, Any]]) -> str:
+    rows = ["## Models", "", "| role | model | SHA-256 | source | licence |", "|---|---|---|---|---|"]
+    for model in models:
+        asset: Asset | None = model["asset"]
+        source = f"`{asset.requirement}` `{asset.member}`" if asset else "user-supplied file"
+        licence = model["licence"] or "not recorded: check the terms of the file's source"
+        rows.append(f"| {model['role']} | `{model['name']}` | `{model['sha256']}` | {source} | {licence} |")
+    if not models:
+        rows.append("| - | no model provenance columns in this manifest | | | |")
+    return "\n".join(rows)
+
+
+def _counts_section(summary: dict[str, Any]) -> str:
+    lines = ["## Counts", ""]
+    for name in CATEGORIES:
+        value = summary[name]
+        shown = NOT_SCORED if value == NOT_SCORED else ", ".join(f"{k}: {v}" for k, v in value.items())
+        lines.append(f"- **{name}**: {shown}")
+    flip = summary["flip_rate"]
+    lines.append(f"- **dominant-emotion flip rate**: {flip if flip == NOT_SCORED else f'{flip:.4f}'}")
+    failures = summary["failures"]
+    shown = NOT_SCORED if failures == NOT_SCORED else ", ".join(f"{k}: {v}" for k, v in failures.items())
+    lines.append(f"- **failures**: {shown}")
+    return "\n".join(lines)
+
+
+def _metrics_section(summary: dict[str, Any]) -> str:
+    metrics = summary["metrics"]
+    if metrics == NOT_SCORED:
+        return f"## Metrics\n\nNo score columns in this manifest ({NOT_SCORED})."
+    rows = ["## Metrics", "", "| column | n | missing | mean | std | p05 | median | p95 |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in metrics.items():
+        rows.append(
+            f"| {name} | {s['count']} | {s['missing']} | {s['mean']:.4f} | {s['std']:.4f} | "
+            f"{s['p05']:.4f} | {s['median']:.4f} | {s['p95']:.4f} |"
+        )
+    return "\n".join(rows)
+
+
+def _plots_section(run_dir: Path, plots: list[Path]) -> str:
+    lines = ["## Plots", ""]
+    if (run_dir / CONTACT_SHEET).is_file():
+        lines.append(f"![source faces]({CONTACT_SHEET})")
+    for path in plots:
+        lines.append(f"![{path.stem}]({path.relative_to(run_dir).as_posix()})")
+    if len(lines) == 2:
+        lines.append("None yet.")
+    return "\n".join(lines)
+
+
+def _limitations_section(summary: dict[str, Any], models: list[dict[str, Any]], record: dict[str, Any]) -> str:
+    profile = record.get("config", {}).get("profile")
+    items = [
+        "Every face is a sample of a pretrained generator: it inherits the demographics, artefacts and "
+        "resolution of the generator's training data, and is not a photograph of a person.",
+        "Labels and scores come from pretrained models, not from human annotators, and share those "
+        "models' errors and biases.",
+        "Split by source seed (as `pipeline.dataset` does): rows of one seed show the same face, so "
+        "splitting rows at random leaks faces across train and test.",
+    ]
+    if profile == "demo":
+        items.append(
+            "The demo profile's generator makes 64x64 faces learned from DigiFace-1M, a synthetic face "
+            "set; its faces are small and stylised, meant for testing pipelines, not for training "
+            "models that will see real photographs."
+        )
+    restricted = sorted({f"`{m['name']}`: {m['licence']}" for m in models if m["licence"] and _is_restrictive(m["licence"])})
+    if restricted:
+        items.append("Use is restricted by the terms of: " + "; ".join(restricted) + ".")
+    unknown = sorted({m["name"] for m in models if m["licence"] is None})
+    if unknown:
+        items.append(
+            "Models from user-supplied files carry their own terms, not recorded here: "
+            + ", ".join(f"`{n}`" for n in unknown)
+            + " (NVIDIA's StyleGAN2 FFHQ weights, for one, are for non-commercial use only)."
+        )
+    if summary[Col.EDITOR] == NOT_SCORED and summary["metrics"] != NOT_SCORED:
+        items.append(
+            "This run holds source faces only, without edits: emotion flips, identity similarity and "
+            "landmark drift are measured between a source and its edit, so they are not in it."
+        )
+    if summary["metrics"] == NOT_SCORED:
+        items.append(
+            f"This manifest (schema {summary['schema_version']}) carries no expression, identity or "
+            "landmark scores; filter on them only after a scored run."
+        )
+    return "## Known limitations\n\n" + "\n".join(f"- {item}" for item in items)
+
+
+def _loading_section() -> str:
+    return (
+        "## Loading\n\n```python\nimport pandas as pd\nframe = pd.read_parquet(\"manifest\")  # from this directory\n\n"
+        "from pipeline.dataset import ManifestDataset\ntrain = ManifestDataset(\".\", split=\"train\")\n```"
+    )
+
+
+def _is_restrictive(licence: str) -> bool:
+    lowered = licence.lower()
+    return any(term in lowered for term in _RESTRICTIVE)
+
+
+def _config_record(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / CONFIG_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+

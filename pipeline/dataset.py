@@ -1,0 +1,211 @@
+"""A torch `Dataset` over a run's manifest: column filters, and splits that never leak a face.
+
+Filters become one pyarrow dataset expression, so Parquet row-group statistics skip what does
+not match and only the needed columns are read (never the latents). A filter on a column the
+manifest does not have (a run not scored yet) is refused by name rather than ignored.
+
+Splits are made per source seed, not per row: all rows of one seed (the source face and its
+edits) show the same person, and a random row split would put that person in both train and
+test. A seed's split follows from a fixed hash of the seed alone (SplitMix64's finaliser, Steele
+et al. 2014, salted), so it does not depend on row order, shard size or which other seeds a run
+holds; the same seed of the same generator lands in the same split in every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import torch
+from torch.utils.data import Dataset
+
+from data_schemas import EMOTION_LABELS, Col
+from pipeline.errors import ConfigError, ManifestError
+from pipeline.images import read_png
+from pipeline.summary import open_manifest
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+DEFAULT_SALT = "exprlock"
+
+_IMAGE_COLUMNS = {"source": Col.IMAGE_SOURCE, "edit": Col.IMAGE_EDIT}
+_LABEL_CANDIDATES = (Col.ATTRIBUTE, Col.STRENGTH, Col.EMOTION_SOURCE, Col.EMOTION_EDIT, Col.EMOTION_FLIPPED, Col.IDENTITY_COSINE)
+# Emotion labels are given to training code as class indices in EMOTION_LABELS order.
+_EMOTION_COLUMNS = (Col.EMOTION_SOURCE, Col.EMOTION_EDIT)
+
+
+def seed_unit(seeds: Sequence[int] | np.ndarray, *, salt: str = DEFAULT_SALT) -> np.ndarray:
+    """A uniform number in [0, 1) per seed, fixed by the seed and the salt alone.
+
+    >>> seed_unit([0, 1, 2]).round(4).tolist() == seed_unit([2, 1, 0])[::-1].round(4).tolist()
+    True
+    """
+    key = np.uint64(int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "little"))
+    x = np.asarray(seeds, dtype=np.int64).astype(np.uint64) ^ key
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def assign_splits(
+    seeds: Sequence[int] | np.ndarray,
+    *,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    salt: str = DEFAULT_SALT,
+) -> np.ndarray:
+    """'train', 'val' or 'test' per seed, in the proportions `fractions` (train, val, test)."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise ConfigError(f"fractions: expected three non-negative numbers (train, val, test) summing to 1, got {fractions}")
+    edges = np.cumsum(fractions)[:2]
+    return np.asarray(SPLITS)[np.searchsorted(edges, seed_unit(seeds, salt=salt), side="right")]
+
+
+def build_filter(
+    dataset: ds.Dataset,
+    *,
+    emotion_kept: bool | None = None,
+    face_detected: bool | None = None,
+    identity_range: tuple[float, float] | None = None,
+    attributes: Sequence[str] | None = None,
+) -> ds.Expression | None:
+    """One pyarrow expression for the requested filters; None when none is requested.
+
+    `emotion_kept`: True keeps rows whose dominant emotion did not flip. `face_detected`: True
+    keeps rows with a face found in every image the row has. `identity_range`: inclusive bounds
+    on the identity cosine. `attributes`: keep these edited attributes. A filter on a column
+    the manifest lacks, or holds only nulls in, is refused: it would silently select nothing.
+    """
+
+    def need(name: str, option: str) -> ds.Expression:
+        field = ds.field(name)
+        if name not in dataset.schema.names or dataset.count_rows(filter=field.is_valid()) == 0:
+            raise ManifestError(
+                f"filter {option}: column {name!r} is not scored in this manifest; "
+                "drop the filter or use a scored run"
+            )
+        return field
+
+    parts = []
+    if emotion_kept is not None:
+        parts.append(need(Col.EMOTION_FLIPPED, "emotion_kept") == (not emotion_kept))
+    if face_detected is not None:
+        source = need(Col.FACE_DETECTED_SOURCE, "face_detected")
+        # A row without an edit has no edit face to find: its edit flag is null.
+        edit = ds.field(Col.FACE_DETECTED_EDIT) if Col.FACE_DETECTED_EDIT in dataset.schema.names else None
+        if face_detected:
+            parts.append(source if edit is None else source & (edit | edit.is_null()))
+        else:
+            parts.append(~source if edit is None else ~source | ~edit)
+    if identity_range is not None:
+        low, high = identity_range
+        if low > high:
+            raise ConfigError(f"identity_range: lower bound {low} is above upper bound {high}")
+        field = need(Col.IDENTITY_COSINE, "identity_range")
+        parts.append((field >= low) & (field <= high))
+    if attributes is not None:
+        parts.append(need(Col.ATTRIBUTE, "attributes").isin(list(attributes)))
+    if not parts:
+        return None
+    expression = parts[0]
+    for part in parts[1:]:
+        expression = expression & part
+    return expression
+
+
+class ManifestDataset(Dataset):
+    """Images and labels of a run, filtered and split by source seed.
+
+    Each item is `(image, labels)`: the image a float32 tensor (3, H, W) in [0, 1] (or what
+    `transform` makes of it), the labels a dict of the `labels` columns plus `seed`, with
+    emotion labels as class indices in `EMOTION_LABELS` order. By default the labels are the
+    label columns that hold a value in every selected row; `image="edit"` keeps edited rows only.
+
+    Example:
+        >>> train = ManifestDataset("runs/demo", split="train", face_detected=True)  # doctest: +SKIP
+        >>> loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        split: Split | None = None,
+        fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+        salt: str = DEFAULT_SALT,
+        image: Literal["source", "edit"] = "source",
+        labels: Sequence[str] | None = None,
+        emotion_kept: bool | None = None,
+        face_detected: bool | None = None,
+        identity_range: tuple[float, float] | None = None,
+        attributes: Sequence[str] | None = None,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        dataset, self.schema_version = open_manifest(self.run_dir)
+        names = dataset.schema.names
+        if split is not None and split not in SPLITS:
+            raise ConfigError(f"split: expected one of {', '.join(SPLITS)} or None, got {split!r}")
+        if image not in _IMAGE_COLUMNS:
+            raise ConfigError(f"image: expected 'source' or 'edit', got {image!r}")
+        self.image_column = _IMAGE_COLUMNS[image]
+        if self.image_column not in names:
+            raise ManifestError(
+                f"image {image!r}: column {self.image_column!r} is not in this manifest (schema {self.schema_version})"
+            )
+        missing = [name for name in labels or () if name not in names]
+        if missing:
+            raise ManifestError(f"labels: columns {missing} are not in this manifest; it has {names}")
+        expression = build_filter(
+            dataset,
+            emotion_kept=emotion_kept,
+            face_detected=face_detected,
+            identity_range=identity_range,
+            attributes=attributes,
+        )
+        if image == "edit":
+            present = ds.field(self.image_column).is_valid()
+            expression = present if expression is None else expression & present
+        candidates = labels if labels is not None else [n for n in _LABEL_CANDIDATES if n in names]
+        columns = list(dict.fromkeys([self.image_column, Col.SEED, *candidates]))
+        table = dataset.to_table(columns=columns, filter=expression)
+        if split is not None:
+            seeds = table.column(Col.SEED).to_numpy()
+            table = table.filter(pa.array(assign_splits(seeds, fractions=fractions, salt=salt) == split))
+        if labels is None:
+            candidates = [n for n in candidates if table.column(n).null_count == 0]
+        self.label_columns = [Col.SEED, *(n for n in candidates if n != Col.SEED)]
+        self.table = table
+        self.transform = transform
+        self._paths = table.column(self.image_column).to_pylist()
+        self._labels = [_encode_labels(row) for row in table.select(self.label_columns).to_pylist()]
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        pixels = read_png(self.run_dir / self._paths[index])
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)  # PIL arrays are read-only
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, dict(self._labels[index])
+
+    @property
+    def seeds(self) -> set[int]:
+        """The source seeds this dataset holds."""
+        return set(self.table.column(Col.SEED).to_pylist())
+
+
+def _encode_labels(row: dict[str, Any]) -> dict[str, Any]:
+    for name in _EMOTION_COLUMNS:
+        if row.get(name) is not None:
+            row[name] = EMOTION_LABELS.index(row[name])
+    return row

@@ -1,0 +1,268 @@
+"""Shard ownership: which shards a worker takes, and an exclusive claim so each is written once.
+
+Selection. A run's shards are numbered `0 .. n-1` (`pipeline.run.plan_shards`). A worker is
+given a spec such as ``"0-9"`` or ``"0-3,8"`` (`parse_shard_spec`); a parent that fans a run out
+to N workers gives each a contiguous range (`split_shards`).
+
+Claims. Two workers can still race for one shard (overlapping ranges, a retried flow run, a
+worker restarted while its old process lives on). Before rendering, a worker creates a claim
+file next to the shard on the shared filesystem, ``.shard-00003.parquet.claim``, with
+``os.open(O_CREAT | O_EXCL)``: exactly one creator succeeds (atomic on local filesystems and on
+NFSv3 and later). The claim records host, pid and a random token; its owner refreshes the
+file's mtime from a heartbeat thread and removes it when done. A claim is stale when its owner
+ran on this host and its pid is gone, or when its mtime is older than `stale_after` (an owner
+that died on another machine stops its heartbeat). A stale claim is broken by renaming it to a
+unique name first: of two workers that both judge it stale only one rename succeeds, and the
+winner checks that it moved the very claim it judged (else it puts the newer claim back).
+
+After winning a claim the worker checks again that the shard file does not exist (another
+worker may have committed it and released its claim in between), so a shard's rows and images
+are produced by one worker. The claim file's name starts with a dot, so manifest readers and
+dataset discovery never see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from pipeline.config import RunConfig
+from pipeline.errors import ConfigError
+
+# A claim whose heartbeat stopped this long ago belongs to a dead owner on another machine.
+DEFAULT_STALE_AFTER = 900.0
+DEFAULT_HEARTBEAT = 30.0
+
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_shard_spec(spec: str, total: int) -> list[int]:
+    """Shard indices named by ``"3"``, ``"0-9"`` (inclusive) or ``"0-3,8"``, sorted, unique.
+
+    >>> parse_shard_spec("0-2,5", 8)
+    [0, 1, 2, 5]
+    """
+    indices: set[int] = set()
+    for part in spec.split(","):
+        match = _RANGE.match(part)
+        if not match:
+            raise ConfigError(f"shards: {spec!r} is not a shard range; expected e.g. '3', '0-9' or '0-3,8'")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if first > last or last >= total:
+            raise ConfigError(
+                f"shards: range {part.strip()!r} is outside this run's shards 0-{total - 1} "
+                f"({total} shards); choose indices within it"
+            )
+        indices.update(range(first, last + 1))
+    return sorted(indices)
+
+
+def split_shards(total: int, parts: int) -> list[str]:
+    """`parts` contiguous shard specs of near-equal size covering ``0 .. total-1``.
+
+    >>> split_shards(10, 3)
+    ['0-3', '4-6', '7-9']
+    """
+    if parts < 1:
+        raise ConfigError(f"parts: expected at least 1, got {parts}")
+    parts = min(parts, total)
+    size, extra = divmod(total, parts)
+    specs, start = [], 0
+    for part in range(parts):
+        stop = start + size + (part < extra)
+        specs.append(f"{start}-{stop - 1}")
+        start = stop
+    return specs
+
+
+@dataclass(frozen=True)
+class ClaimOwner:
+    """Who holds a claim, as recorded in the claim file."""
+
+    host: str
+    pid: int
+    token: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}"
+
+
+def claim_path(target: Path) -> Path:
+    """The claim file of `target` (a shard's Parquet path): a dot-file beside it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.claim")
+
+
+class Claim:
+    """A held claim: refreshed by a heartbeat thread until `release`."""
+
+    def __init__(self, path: Path, owner: ClaimOwner, heartbeat: float) -> None:
+        self.path = path
+        self.owner = owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat,), daemon=True, name=f"claim {path.name}")
+        self._thread.start()
+
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            if _read_owner(self.path) != self.owner:
+                return
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                return
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the claim file if it is still ours."""
+        self._stop.set()
+        self._thread.join()
+        if _read_owner(self.path) == self.owner:
+            self.path.unlink(missing_ok=True)
+
+
+def try_claim(
+    target: Path, *, stale_after: float = DEFAULT_STALE_AFTER, heartbeat: float = DEFAULT_HEARTBEAT
+) -> Claim | ClaimOwner | None:
+    """Claim `target`: a `Claim` when won, else the live owner (None when it cannot be read)."""
+    path = claim_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = ClaimOwner(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex)
+    payload = json.dumps({"host": me.host, "pid": me.pid, "token": me.token}).encode()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            observed = _read_bytes(path)
+            if observed is None:
+                continue  # released between our attempt and the read: try again
+            if not _is_stale(path, observed, stale_after):
+                return _parse_owner(observed)
+            _break_stale(path, observed)
+            continue
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return Claim(path, me, heartbeat)
+    return _read_owner(path)
+
+
+@contextmanager
+def claim(
+    target: Path, *, stale_after: float = DEFAULT_STALE_AFTER, heartbeat: float = DEFAULT_HEARTBEAT
+) -> Iterator[Claim | ClaimOwner | None]:
+    """`try_claim` as a context: a won claim is released on exit, also after an error."""
+    held = try_claim(target, stale_after=stale_after, heartbeat=heartbeat)
+    try:
+        yield held
+    finally:
+        if isinstance(held, Claim):
+            held.release()
+
+
+def _is_stale(path: Path, observed: bytes, stale_after: float) -> bool:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > stale_after:
+        return True
+    owner = _parse_owner(observed)
+    return owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid)
+
+
+def _break_stale(path: Path, observed: bytes) -> None:
+    """Remove the stale claim `observed`, never a newer one that replaced it meanwhile."""
+    grave = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(path, grave)
+    except FileNotFoundError:
+        return  # another worker broke it first
+    try:
+        if _read_bytes(grave) != observed:
+            # We moved a fresh claim: put it back, unless an even newer one exists.
+            with contextlib.suppress(FileExistsError):
+                os.link(grave, path)
+    finally:
+        grave.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _parse_owner(raw: bytes | None) -> ClaimOwner | None:
+    try:
+        record = json.loads(raw or b"")
+        return ClaimOwner(host=str(record["host"]), pid=int(record["pid"]), token=str(record["token"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_owner(path: Path) -> ClaimOwner | None:
+    return _parse_owner(_read_bytes(path))
+
+
+class ShardStatus(StrEnum):
+    """What happened to one shard in one worker."""
+
+    WRITTEN = "written"  # this worker rendered and committed it
+    DONE = "done"  # it was already committed
+    BUSY = "busy"  # another live worker holds its claim
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    index: int
+    path: Path
+    rows: int
+    status: ShardStatus
+    owner: str | None = None
+
+
+def generate_shard_once(
+    config: RunConfig,
+    run_dir: Path,
+    index: int,
+    *,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+) -> ShardOutcome:
+    """`pipeline.run.generate_shard` under the shard's claim; a shard held elsewhere is BUSY."""
+    from pipeline.run import generate_shard, shard_path  # imports torch: only where shards are made
+
+    path = shard_path(run_dir, index)
+    if path.exists():
+        return ShardOutcome(index, path, 0, ShardStatus.DONE)
+    with claim(path, stale_after=stale_after, heartbeat=heartbeat) as held:
+        if not isinstance(held, Claim):
+            return ShardOutcome(index, path, 0, ShardStatus.BUSY, held.describe() if held else None)
+        result = generate_shard(config, run_dir, index)
+    status = ShardStatus.DONE if result.skipped else ShardStatus.WRITTEN
+    return ShardOutcome(index, path, result.rows, status)

@@ -1,0 +1,279 @@
+"""Summaries and plots of a run's manifest: what was made, what was scored, what failed.
+
+`summarize` reads only scalar and struct columns (never the latents) through a pyarrow dataset
+over the run's finished shards, after checking each shard's schema version. It reports every
+column the manifest has; a score that a manifest lacks (schema 1.0) or holds only nulls (a run
+that made no edits or has not been scored) is reported as "not scored" rather than failing.
+Struct columns (the attribute scores) are flattened to `column.field`. `write_plots` draws the
+distribution of each scalar score with matplotlib's object API (no pyplot global state, so it
+is safe inside worker threads).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from data_schemas import EMOTION_LABELS, Col
+from pipeline.errors import ManifestError
+from pipeline.images import write_atomic
+from pipeline.manifest import MANIFEST_DIR, shard_files, validate_schema
+
+NOT_SCORED = "not scored"
+PLOTS_DIR = "plots"
+CATEGORIES = (Col.ATTRIBUTE, Col.EDITOR, Col.EMOTION_SOURCE, Col.EMOTION_EDIT)
+FACE_DETECTED = (Col.FACE_DETECTED_SOURCE, Col.FACE_DETECTED_EDIT)
+# Floating-point columns that say how a row was made, not what it scored.
+_PARAMETERS = {Col.STRENGTH, Col.HFLD_LAMBDA}
+
+
+def open_manifest(run_dir: Path) -> tuple[ds.Dataset, str]:
+    """A pyarrow dataset over the run's finished shards, and their schema version.
+
+    Every shard's schema is checked against its declared version first, so a foreign or
+    half-migrated file is refused by name instead of surfacing as a confusing read error.
+    """
+    files = shard_files(run_dir)
+    if not files:
+        raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: no manifest shards found; is this a run directory?")
+    versions = set()
+    for path in files:
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowInvalid) as error:
+            raise ManifestError(f"{path}: not a readable Parquet file ({error})") from None
+        versions.add(validate_schema(schema, source=str(path)))
+    if len(versions) > 1:
+        raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: shards of several schema versions {sorted(versions)}")
+    return ds.dataset([str(p) for p in files], format="parquet"), versions.pop()
+
+
+def summarize(run_dir: Path) -> dict[str, Any]:
+    """A JSON-ready summary: counts, categories, rates and score distributions."""
+    dataset, version = open_manifest(run_dir)
+    table = _scalar_table(dataset)
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "run_id": table.column(Col.RUN_ID)[0].as_py() if table.num_rows else None,
+        "schema_version": version,
+        "rows": table.num_rows,
+        "shards": len(dataset.files),
+        "columns": dataset.schema.names,
+        "seeds": _seed_summary(table),
+        "generators": _counts(table, [Col.GENERATOR, Col.GENERATOR_SHA256]),
+    }
+    for name in CATEGORIES:
+        summary[name] = _value_counts(table, name)
+    summary["flip_rate"] = _mean(table, Col.EMOTION_FLIPPED)
+    summary["flip_rate_by_attribute"] = _grouped_mean(table, Col.EMOTION_FLIPPED, Col.ATTRIBUTE)
+    rates = {f.name: _mean(table, f.name) for f in table.schema if pa.types.is_boolean(f.type)}
+    summary["rates"] = {k: v for k, v in rates.items() if v != NOT_SCORED} or NOT_SCORED
+    summary["failures"] = _failures(table)
+    summary["metrics"] = {name: _describe(table.column(name)) for name in metric_columns(table)} or NOT_SCORED
+    return summary
+
+
+def metric_columns(table: pa.Table) -> list[str]:
+    """Floating-point score columns holding at least one value (edit parameters excluded)."""
+    return [
+        f.name
+        for f in table.schema
+        if pa.types.is_floating(f.type) and f.name not in _PARAMETERS and table.column(f.name).null_count < table.num_rows
+    ]
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary as aligned plain-text lines for a terminal."""
+    seeds = summary["seeds"]
+    lines = [
+        f"{'run':<16}{summary['run_id']}  ({summary['run_dir']})",
+        f"{'schema':<16}{summary['schema_version']}",
+        f"{'rows':<16}{summary['rows']} in {summary['shards']} shards",
+        f"{'seeds':<16}{seeds['min']}..{seeds['max']} ({seeds['unique']} unique)",
+        f"{'columns':<16}{', '.join(summary['columns'])}",
+    ]
+    for entry in summary["generators"]:
+        digest = entry[Col.GENERATOR_SHA256][:16]
+        lines.append(f"{'generator':<16}{entry[Col.GENERATOR]} sha256:{digest}... ({entry['rows']} rows)")
+    for name in CATEGORIES:
+        lines.append(f"{name:<16}{_inline(summary[name])}")
+    lines.append(f"{'flip rate':<16}{_inline(summary['flip_rate'])}")
+    if summary["flip_rate_by_attribute"] != NOT_SCORED:
+        lines.append(f"{'  by attribute':<16}{_inline(summary['flip_rate_by_attribute'])}")
+    lines.append(f"{'failures':<16}{_inline(summary['failures'])}")
+    if summary["metrics"] == NOT_SCORED:
+        lines.append(f"{'metrics':<16}{NOT_SCORED}")
+        return lines
+    width = max(16, *(len(name) + 2 for name in summary["metrics"]))
+    for name, s in summary["metrics"].items():
+        lines.append(
+            f"{name:<{width}}mean {s['mean']:.4f}  median {s['median']:.4f}  p05 {s['p05']:.4f}  "
+            f"p95 {s['p95']:.4f}  (n={s['count']}, missing {s['missing']})"
+        )
+    return lines
+
+
+def write_plots(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
+    """A histogram PNG per score column, and bar charts of emotions and flip rates.
+
+    Returns the paths written: none for a manifest without scores.
+    """
+    from matplotlib.figure import Figure
+
+    dataset, _ = open_manifest(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / PLOTS_DIR
+    table = _scalar_table(dataset)
+    written = []
+    for name in metric_columns(table):
+        values = table.column(name).drop_null().to_numpy().astype(np.float64)
+        values = values[np.isfinite(values)]
+        figure = Figure(figsize=(5, 3.2), layout="constrained")
+        axes = figure.subplots()
+        axes.hist(values, bins=30, color="#4c72b0")
+        axes.set(title=f"{name} (n={len(values)})", xlabel=name, ylabel="rows")
+        written.append(_save(figure, out_dir / f"{name}.png"))
+    emotions = [name for name in (Col.EMOTION_SOURCE, Col.EMOTION_EDIT) if _value_counts(table, name) != NOT_SCORED]
+    if emotions:
+        written.append(_emotion_bars(table, emotions, out_dir / "emotions.png"))
+    rates = _grouped_mean(table, Col.EMOTION_FLIPPED, Col.ATTRIBUTE)
+    if rates != NOT_SCORED:
+        figure = Figure(figsize=(5, 3.2), layout="constrained")
+        axes = figure.subplots()
+        axes.bar(list(rates), list(rates.values()), color="#c44e52")
+        axes.set(title="dominant-emotion flip rate by attribute", ylabel="flip rate", ylim=(0, 1))
+        written.append(_save(figure, out_dir / "flip_rate_by_attribute.png"))
+    return written
+
+
+def to_json(summary: dict[str, Any]) -> str:
+    """The summary as JSON (NaN written as null: JSON has no NaN)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(summary), indent=2)
+
+
+def _scalar_table(dataset: ds.Dataset) -> pa.Table:
+    """Scalar and struct columns (lists such as latents left unread), structs flattened."""
+    wanted = [f.name for f in dataset.schema if not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]
+    table = dataset.to_table(columns=wanted)
+    while any(pa.types.is_struct(f.type) for f in table.schema):
+        table = table.flatten()
+    return table
+
+
+def _emotion_bars(table: pa.Table, names: list[str], path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    counts = {name: _value_counts(table, name) for name in names}
+    seen = {label for per in counts.values() for label in per}
+    labels = [label for label in EMOTION_LABELS if label in seen] + sorted(seen - set(EMOTION_LABELS))
+    figure = Figure(figsize=(6, 3.2), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / len(names)
+    positions = np.arange(len(labels))
+    for offset, name in enumerate(names):
+        axes.bar(positions + offset * width, [counts[name].get(label, 0) for label in labels], width, label=name)
+    axes.set_xticks(positions + width * (len(names) - 1) / 2, labels, rotation=30)
+    axes.set(title="dominant emotion", ylabel="rows")
+    axes.legend()
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    write_atomic(buffer.getvalue(), path)
+    return path
+
+
+def _scored(table: pa.Table, name: str) -> bool:
+    return name in table.schema.names and table.column(name).null_count < table.num_rows
+
+
+def _seed_summary(table: pa.Table) -> dict[str, int | None]:
+    seeds = table.column(Col.SEED)
+    bounds = pc.min_max(seeds).as_py()
+    return {"min": bounds["min"], "max": bounds["max"], "unique": len(pc.unique(seeds))}
+
+
+def _counts(table: pa.Table, keys: list[str]) -> list[dict[str, Any]]:
+    grouped = table.group_by(keys).aggregate([([], "count_all")]).to_pylist()
+    return [{**{k: row[k] for k in keys}, "rows": row["count_all"]} for row in grouped]
+
+
+def _value_counts(table: pa.Table, name: str) -> dict[str, int] | str:
+    """Counts per value, most frequent first (nulls left out); "not scored" without values."""
+    if not _scored(table, name):
+        return NOT_SCORED
+    pairs = pc.value_counts(table.column(name).drop_null()).to_pylist()
+    return {str(p["values"]): p["counts"] for p in sorted(pairs, key=lambda p: (-p["counts"], str(p["values"])))}
+
+
+def _mean(table: pa.Table, name: str) -> float | str:
+    if not _scored(table, name):
+        return NOT_SCORED
+    return round(pc.mean(pc.cast(table.column(name), pa.float64())).as_py(), 6)
+
+
+def _grouped_mean(table: pa.Table, name: str, by: str) -> dict[str, float] | str:
+    if not _scored(table, name) or not _scored(table, by):
+        return NOT_SCORED
+    values = table.select([by]).append_column(name, pc.cast(table.column(name), pa.float64()))
+    rows = values.filter(pc.is_valid(values.column(by))).group_by(by).aggregate([(name, "mean")]).to_pylist()
+    return {
+        str(row[by]): round(row[f"{name}_mean"], 6)
+        for row in sorted(rows, key=lambda r: str(r[by]))
+        if row[f"{name}_mean"] is not None
+    }
+
+
+def _failures(table: pa.Table) -> dict[str, int] | str:
+    """Rows whose face was not found, and missing (null or NaN) values in scored columns."""
+    failures = {}
+    for name in FACE_DETECTED:
+        if _scored(table, name):
+            failures[f"no face ({name})"] = int(pc.sum(pc.cast(pc.invert(table.column(name)), pa.int64())).as_py() or 0)
+    for name in metric_columns(table):
+        missing = _describe(table.column(name))["missing"]
+        if missing:
+            failures[f"missing {name}"] = missing
+    return failures or NOT_SCORED
+
+
+def _describe(values: pa.ChunkedArray) -> dict[str, float | int]:
+    present = values.drop_null().to_numpy().astype(np.float64)
+    present = present[np.isfinite(present)]
+    stats: dict[str, float | int] = {"count": int(len(present)), "missing": int(len(values) - len(present))}
+    if len(present) == 0:
+        return {**stats, **dict.fromkeys(("mean", "std", "min", "p05", "median", "p95", "max"), float("nan"))}
+    quantiles = np.quantile(present, [0.0, 0.05, 0.5, 0.95, 1.0])
+    return {
+        **stats,
+        "mean": float(present.mean()),
+        "std": float(present.std()),
+        **{k: float(v) for k, v in zip(("min", "p05", "median", "p95", "max"), quantiles, strict=True)},
+    }
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_inline(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
