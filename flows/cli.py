@@ -180,6 +180,86 @@ def _submit(config: Path, run_dir: Path, parts: int, device: str | None, wait: b
     console.print(f"run {summary['run_id']} on {server}: {summary['run_dir']}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+@_clean_errors
+def discover(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run config, YAML or TOML.", show_default=False)],
+) -> None:
+    """Sample and score `discovery.samples` latents, fit one direction per attribute and emotion.
+
+    Writes directions, the latent classifier and discovery.json (hold-out accuracies, success
+    thresholds) into `edits.directory`. Sampling is sharded and resumes where it stopped.
+
+    Example: exprlock discover --config configs/experiment.yaml
+    """
+    from flows.discover import discover_flow
+    from pipeline.config import load_config
+
+    resolved = load_config(config)
+    report = discover_flow(str(config))
+    table = Table("direction", "hold-out accuracy", "fitted on")
+    for name, record in report["directions"].items():
+        table.add_row(name, f"{record['holdout_accuracy']:.3f}", str(record["fitted_on"]))
+    console.print(table)
+    skipped = ", ".join(report["unscored"]) or "none"
+    console.print(f"{report['samples']} samples; unscored: {skipped}; written to {resolved.edits.directory}", highlight=False)
+
+
+@app.command("train-editor")
+@_clean_errors
+def train_editor(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run config, YAML or TOML.", show_default=False)],
+) -> None:
+    """Train the latent editors the config's edit methods need: one per attribute and lambda.
+
+    Lambda 0 is the base Latent Transformer editor; `edits.hfld_lambdas` add HFLD. Training
+    resumes from its checkpoints; an editor already saved is kept.
+
+    Example: exprlock train-editor --config configs/experiment.yaml
+    """
+    from flows.train_editor import train_editor_flow
+
+    for path in train_editor_flow(str(config)):
+        console.print(f"ok  {path}", highlight=False)
+
+
+@app.command()
+@_clean_errors
+def evaluate(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories with edits (their rows are pooled).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Folder for the report, tables, plots and contact sheets.")] = Path("docs"),
+    name: Annotated[str, typer.Option(help="File-name stem of everything written.")] = "hfld-evaluation",
+) -> None:
+    """Compare edit methods: success, emotion flips and divergence, landmark NME, identity.
+
+    Also the reduction in emotion change of the HFLD editor against the base editor at equal
+    attribute success, success/emotion trade-off plots and contact sheets.
+
+    Example: exprlock evaluate runs/experiment --out docs
+    """
+    from pipeline.evaluation import write_report
+
+    console.print(f"report: {write_report(run_dirs, out, name=name)}", highlight=False)
+
+
+@app.command()
+@_clean_errors
+def convert(
+    source: Annotated[Path, typer.Argument(help="StyleGAN2 checkpoint: rosinality .pt, NVIDIA .pkl or safetensors.", show_default=False)],
+    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing destination.")] = False,
+) -> None:
+    """Convert a StyleGAN2 checkpoint to safetensors (architecture kept in the metadata).
+
+    NVIDIA pickles are read without running any code from the file.
+
+    Example: exprlock convert stylegan2-ffhq-config-f.pkl models/ffhq.safetensors
+    """
+    from pipeline.models.stylegan2_checkpoints import convert_checkpoint
+
+    console.print(f"ok  {convert_checkpoint(source, destination, overwrite=overwrite)}", highlight=False)
+
+
 @app.command("inspect")
 @_clean_errors
 def inspect_run(

@@ -62,3 +62,12 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     first = frame.iloc[0]
     assert read_png(run_dir / first[Col.IMAGE_EDIT]).shape == (64, 64, 3)
     assert summarise(frame)["edits"].sum() == 10
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report" / "hfld-evaluation.md").read_text()
+    assert "| hair_lightness | 4.000 | editor_hfld | 10.000 |" in report
+    assert (tmp_path / "report" / "hfld-evaluation-hair_lightness-sheet.png").is_file()

@@ -755,3 +755,19 @@ def test_generate_runs_on_a_stylegan2_checkpoint(tmp_path: Path, generator: Styl
         assert (read_png(run_dir / image_path) == expected[row]).all()
     stored = torch.tensor(table.column(Col.LATENT)[1].as_py()).view(latents.shape[1:])
     assert torch.equal(stored, latents[1])
+
+
+def test_convert_command_writes_a_loadable_file(tmp_path: Path, generator: StyleGAN2Generator) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    source = tmp_path / "g.pt"
+    torch.save({"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg.clone()}, source)
+    target = tmp_path / "g.safetensors"
+    runner = CliRunner()
+    result = runner.invoke(app, ["convert", str(source), str(target)])
+    assert result.exit_code == 0, result.output
+    assert_same_generator(load_stylegan2(target), generator)
+    again = runner.invoke(app, ["convert", str(source), str(target)])
+    assert again.exit_code == 2 and "already exists" in again.output
