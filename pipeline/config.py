@@ -94,6 +94,11 @@ class EditsConfig(_Strict):
         default_factory=lambda: [10.0], description="lambdas of the editor_hfld and refined methods; one edit each"
     )
     refine_steps: StrictInt = Field(20, ge=1, le=10_000, description="optimiser steps of HFLD refinement")
+    direction_files: dict[str, str] = Field(
+        default_factory=dict,
+        description="user-supplied directions by name (InterFaceGAN .npy boundaries or exprlock .safetensors), "
+        "used instead of the discovered ones",
+    )
 
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from pipeline.config import RunConfig
 from pipeline.discovery import ATTRIBUTE_SCORES, CLASSIFIER_FILE, emotion_name, read_report
 from pipeline.editing.directions import Direction, load_direction, project_orthogonal
 from pipeline.editing.editor import LatentEditor, load_editor
+from pipeline.editing.hfld import HFLDLoss
 from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
 from pipeline.editing.refine import RefinementConfig, refine_edits
 from pipeline.errors import ConfigError
@@ -84,6 +85,7 @@ class Editing:
                 "at discovery); enable their scorer and run `exprlock discover` again"
             )
         self._editors: dict[tuple[str, float], LatentEditor] = {}
+        self._hfld: dict[float, HFLDLoss] = {}
 
     def threshold(self, attribute: str) -> float:
         return float(self.report["success_thresholds"][attribute])
@@ -93,7 +95,10 @@ class Editing:
         return ATTRIBUTE_SCORES[attribute]
 
     def direction(self, name: str) -> Direction:
-        return load_direction(self.directory / "directions" / f"{name}.safetensors", latent_shape=self.generator.latent_shape)
+        """A user-supplied direction file when the config names one, else the discovered one."""
+        supplied = self.config.edits.direction_files.get(name)
+        path = Path(supplied) if supplied else self.directory / "directions" / f"{name}.safetensors"
+        return load_direction(path, latent_shape=self.generator.latent_shape, name=name)
 
     def projected_direction(self, attribute: str) -> Direction:
         others = [self.direction(emotion_name(label)) for label in self.config.discovery.project_out]
@@ -105,6 +110,11 @@ class Editing:
             path = editor_path(self.directory, attribute, hfld_lambda)
             self._editors[key] = load_editor(path, latent_shape=self.generator.latent_shape, device=self.generator.device)
         return self._editors[key]
+
+    def hfld(self, hfld_lambda: float) -> HFLDLoss:
+        if hfld_lambda not in self._hfld:
+            self._hfld[hfld_lambda] = hfld_loss(self.config, self.generator, hfld_lambda)
+        return self._hfld[hfld_lambda]
 
     @cached_property
     def classifier(self) -> LatentClassifier:
@@ -128,7 +138,7 @@ class Editing:
             result = refine_edits(
                 edited,
                 latents,
-                hfld=hfld_loss(self.config, self.generator, spec.hfld_lambda),
+                hfld=self.hfld(spec.hfld_lambda),
                 classifier=self.classifier,
                 attribute=spec.attribute,
                 add=signs > 0,

@@ -39,6 +39,7 @@ class PlantedScorer:
 
     def describe(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         latents = torch.atanh(images.reshape(len(images), -1).clamp(-0.999999, 0.999999)) @ self.pinv.T
+        latents = latents[:, :LATENT_DIM]  # the first coordinates of the flattened latent
         attributes = np.zeros((len(images), len(ATTRIBUTE_NAMES)), np.float32)
         for column in range(len(ATTRIBUTE_NAMES)):
             attributes[:, column] = latents[:, column % LATENT_DIM].numpy()

@@ -123,3 +123,45 @@ def test_an_attribute_without_a_direction_is_named(editing: Editing) -> None:
             Editing(config, editing.generator)
     finally:
         (editing.directory / "discovery.json").write_text(json.dumps(report))
+
+
+def test_a_user_supplied_interfacegan_boundary_replaces_the_discovered_direction(editing: Editing, tmp_path: Path) -> None:
+    boundary = np.zeros((1, LATENT_DIM), np.float32)
+    boundary[0, 2] = 1.0
+    np.save(tmp_path / "boundary_gender.npy", boundary)
+    config = editing.config.model_copy(
+        update={"edits": editing.config.edits.model_copy(update={"direction_files": {"gender": str(tmp_path / "boundary_gender.npy")}})}
+    )
+    supplied = Editing(config, editing.generator)
+    latents = torch.zeros(2, LATENT_DIM)
+    edited = supplied.apply(EditSpec("gender", "linear", 2.0, 0.0), latents, torch.tensor([1.0, -1.0]))
+    assert edited[:, 2].tolist() == [2.0, -2.0] and edited[:, [0, 1, 3, 4, 5]].abs().max() == 0
+
+
+def test_w_plus_latents_are_edited_per_layer(tmp_path: Path) -> None:
+    shape = (3, 4)
+    config = parse_config(
+        {
+            "discovery": {"samples": 300, "shard_size": 300},
+            "training": {"steps": 5, "classifier_epochs": 2},
+            "edits": {"directory": str(tmp_path), "attributes": ["gender"], "methods": ["linear", "editor"]},
+        }
+    )
+    generator = TinyGenerator(shape, resolution=8)
+    scorer = PlantedScorer(generator)
+    ensure_sample_shard(config, 0, generator, scorer)
+    samples = collect_samples_on_disk(config)
+    assert samples.latents.shape == (300, *shape)
+    discover(config, samples, provenance={})
+    train_editor(config, generator, samples, "gender", 0.0)
+    editing = Editing(config, generator)
+    latents = generator.sample_latents(range(4))
+    direction = editing.direction("gender")
+    assert float(direction.vector.reshape(-1)[0]) > 0.9  # planted in the first layer's first coordinate
+    linear = editing.apply(EditSpec("gender", "linear", 2.0, 0.0), latents, torch.ones(4))
+    assert torch.allclose(linear - latents, 2.0 * direction.displacement().expand(4, *shape), atol=1e-6)
+    assert editing.editor("gender", 0.0).mode == "per_layer"
+    edited = editing.apply(EditSpec("gender", "editor", 2.0, 0.0), latents, torch.ones(4))
+    gender = editing.classifier.index("gender")
+    with torch.no_grad():
+        assert (editing.classifier(edited)[:, gender] > editing.classifier(latents)[:, gender]).all()
