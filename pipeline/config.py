@@ -91,7 +91,9 @@ class EditsConfig(_Strict):
     strengths: list[float] = Field(default_factory=lambda: [3.0, 6.0], description="edit strengths (latent units)")
     methods: list[EditMethod] = Field(default_factory=lambda: ["editor_hfld"])
     hfld_lambdas: list[float] = Field(
-        default_factory=lambda: [10.0], description="lambdas of the editor_hfld and refined methods; one edit each"
+        default_factory=lambda: [1000.0],
+        description="lambdas of the editor_hfld and refined methods, one edit each; 1000 was the best "
+        "trade-off of the gender sweep in docs/lambda-sweep.md",
     )
     refine_steps: StrictInt = Field(20, ge=1, le=10_000, description="optimiser steps of HFLD refinement")
     direction_files: dict[str, str] = Field(

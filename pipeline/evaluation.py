@@ -33,6 +33,7 @@ METRICS = {
 }
 EMOTION_CHANGE = ("emotion_js", "emotion_flip_rate")
 METHOD_ORDER = ("linear", "linear_projected", "editor", "editor_hfld", "refined")
+EXTRAPOLATION_LIMIT = 0.05
 
 
 def load_edits(run_dirs: list[Path]) -> pd.DataFrame:
@@ -45,23 +46,29 @@ def load_edits(run_dirs: list[Path]) -> pd.DataFrame:
 def summarise(edits: pd.DataFrame) -> pd.DataFrame:
     """One row per (attribute, strength, method, lambda) with the comparison metrics."""
     table = edits.assign(**{c: edits[c].astype(float) for c in (Col.ATTRIBUTE_REACHED, Col.EMOTION_FLIPPED, Col.FACE_DETECTED_EDIT)})
-    return table.groupby(GROUP, dropna=False).agg(**{name: spec for name, spec in METRICS.items()}).reset_index()
+    summary = table.groupby(GROUP, dropna=False).agg(**METRICS).reset_index()
+    order = summary[Col.EDITOR].map({m: i for i, m in enumerate(METHOD_ORDER)})
+    return summary.assign(_order=order).sort_values([Col.ATTRIBUTE, Col.STRENGTH, "_order", Col.HFLD_LAMBDA]).drop(columns="_order").reset_index(drop=True)
 
 
 def change_at_success(summary: pd.DataFrame, *, attribute: str, editor: str, hfld_lambda: float, success: float, metric: str) -> float:
     """A method's emotion change read off its (success, change) curve at a given success.
 
-    The curve runs through (0, 0) and the measured strengths in order of success; beyond the
-    largest success measured the value is NaN rather than an extrapolation.
+    The curve runs through (0, 0) and the measured strengths in order of success. Past the
+    largest success measured it is extended along its last segment by at most
+    `EXTRAPOLATION_LIMIT` of success; further out the value is NaN.
     """
     rows = summary[
         (summary[Col.ATTRIBUTE] == attribute) & (summary[Col.EDITOR] == editor) & np.isclose(summary[Col.HFLD_LAMBDA], hfld_lambda)
     ].sort_values("attribute_success")
     xs = np.concatenate([[0.0], rows["attribute_success"].to_numpy()])
     ys = np.concatenate([[0.0], rows[metric].to_numpy()])
-    if success > xs.max() + 1e-9:
+    if success <= xs[-1]:
+        return float(np.interp(success, xs, ys))
+    if success - xs[-1] > EXTRAPOLATION_LIMIT + 1e-9 or xs[-1] == xs[-2]:
         return float("nan")
-    return float(np.interp(success, xs, ys))
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return float(ys[-1] + slope * (success - xs[-1]))
 
 
 def reductions(summary: pd.DataFrame, *, base: str = "editor", ours: str = "editor_hfld") -> pd.DataFrame:

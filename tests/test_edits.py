@@ -99,12 +99,16 @@ def _summary_rows() -> pd.DataFrame:
 
 def test_summary_and_reduction_at_equal_success() -> None:
     summary = summarise(_summary_rows())
+    assert summary[Col.EDITOR].tolist()[:2] == ["editor", "editor_hfld"]  # METHOD_ORDER, not alphabetical
     row = summary[(summary[Col.EDITOR] == "editor") & (summary[Col.STRENGTH] == 6.0)].iloc[0]
     assert row["attribute_success"] == pytest.approx(0.8) and row["emotion_js"] == pytest.approx(0.2)
     assert row["edits"] == 10
     # editor_hfld's curve: (0, 0), (0.5, 0.05), (0.9, 0.12). At success 0.4: 0.04; at 0.8: 0.1025.
     assert change_at_success(summary, attribute="age", editor="editor_hfld", hfld_lambda=10.0, success=0.4, metric="emotion_js") == pytest.approx(0.04)
-    assert np.isnan(change_at_success(summary, attribute="age", editor="editor_hfld", hfld_lambda=10.0, success=0.95, metric="emotion_js"))
+    # Past the curve's end (0.9): along the last segment for at most 0.05 of success, then NaN.
+    extended = change_at_success(summary, attribute="age", editor="editor_hfld", hfld_lambda=10.0, success=0.93, metric="emotion_js")
+    assert extended == pytest.approx(0.12 + (0.12 - 0.05) / 0.4 * 0.03)
+    assert np.isnan(change_at_success(summary, attribute="age", editor="editor_hfld", hfld_lambda=10.0, success=0.96, metric="emotion_js"))
     table = reductions(summary).set_index(Col.STRENGTH)
     assert table.loc[3.0, "emotion_js_reduction"] == pytest.approx((0.10 - 0.04) / 0.10)
     assert table.loc[6.0, "emotion_js_reduction"] == pytest.approx((0.20 - 0.1025) / 0.20)
