@@ -69,5 +69,5 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "report" / "hfld-evaluation.md").read_text()
-    assert "| hair_lightness | 4.000 | editor_hfld | 10.000 |" in report
+    assert f"| hair_lightness | 4.000 | editor_hfld | {config.edits.hfld_lambdas[0]:.3f} |" in report
     assert (tmp_path / "report" / "hfld-evaluation-hair_lightness-sheet.png").is_file()
