@@ -132,6 +132,8 @@ class RunConfig(_Strict):
             raise ValueError("generator.checkpoint: a StyleGAN2 generator needs a checkpoint path (.pt, .pkl or .safetensors)")
         if self.profile == "ffhq" and kind != "stylegan2":
             raise ValueError("generator.kind: the ffhq profile uses a StyleGAN2 generator")
+        if self.edits.attributes and not self.scoring.enabled:
+            raise ValueError("scoring.enabled: edits need scores (each edit's direction follows its source's score)")
         return self
 
     @property

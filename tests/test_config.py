@@ -37,6 +37,9 @@ def test_toml_equals_yaml(tmp_path: Path) -> None:
         ({"profile": "ffhq"}, "generator.checkpoint: a StyleGAN2 generator needs a checkpoint path"),
         ({"profile": "ffhq", "generator": {"kind": "dcgan"}}, "generator.kind: the ffhq profile uses a StyleGAN2"),
         ([1, 2], "expected a mapping of settings at the top level, got list"),
+        ({"edits": {"attributes": ["age"]}, "scoring": {"enabled": False}}, "scoring.enabled: edits need scores"),
+        ({"edits": {"attributes": ["beard"]}}, "edits.attributes.0: input should be 'gender'"),
+        ({"edits": {"hfld_lambdas": [0.0]}}, "edits.hfld_lambdas: expected positive values"),
     ],
 )
 def test_bad_configs_name_the_field(data: object, message: str) -> None:
