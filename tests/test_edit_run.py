@@ -1,4 +1,4 @@
-"""A whole editing run on the demo models: discover, train, generate with every method."""
+"""Whole editing runs, on the demo DCGAN and on a StyleGAN2 checkpoint: discover, train, generate."""
 
 from __future__ import annotations
 
@@ -6,17 +6,34 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_schemas import Col
-from pipeline.config import parse_config
+from pipeline.config import RunConfig, parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, read_report
+from pipeline.editing.editor import load_editor
+from pipeline.edits import edit_directions
 from pipeline.evaluation import summarise
 from pipeline.images import read_png
 from pipeline.manifest import read_manifest
 from pipeline.models.dcgan import load_dcgan
+from pipeline.models.factory import load_generator
+from pipeline.models.generator import FaceGenerator
 from pipeline.run import generate_shard, prepare_run
 from pipeline.scoring import load_scorer
-from pipeline.train_editors import required_editors, train_editor
+from pipeline.train_editors import editor_path, required_editors, train_editor
+from stylegan2_fixtures import save_rosinality, small_config, small_generator
+
+ALL_METHODS = ["linear", "linear_projected", "editor", "editor_hfld", "refined"]
+
+
+def train_models(config: RunConfig, generator: FaceGenerator) -> None:
+    """Discovery on one shard of samples, then every editor the config's methods need."""
+    ensure_sample_shard(config, 0, generator, load_scorer("cpu", config.scoring.attributes))
+    samples = collect_samples_on_disk(config)
+    discover(config, samples, provenance={"generator": "test"})
+    for attribute, hfld_lambda in required_editors(config):
+        train_editor(config, generator, samples, attribute, hfld_lambda)
 
 
 @pytest.mark.slow
@@ -30,25 +47,19 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
                 "directory": str(tmp_path / "models"),
                 "attributes": ["hair_lightness"],
                 "strengths": [4.0],
-                "methods": ["linear", "linear_projected", "editor", "editor_hfld", "refined"],
+                "methods": ALL_METHODS,
                 "refine_steps": 2,
             },
             "scoring": {"attributes": False},
             "device": "cpu",
         }
     )
-    generator = load_dcgan()
-    ensure_sample_shard(config, 0, generator, load_scorer("cpu", False))
-    samples = collect_samples_on_disk(config)
-    discover(config, samples, provenance={"generator": "dcgan"})
-    for attribute, hfld_lambda in required_editors(config):
-        train_editor(config, generator, samples, attribute, hfld_lambda)
-
+    train_models(config, load_dcgan())
     run_dir = prepare_run(config, tmp_path / "run")
     generate_shard(config, run_dir, 0)
     frame = read_manifest(run_dir).to_pandas()
     assert len(frame) == 2 * 5
-    assert sorted(frame[Col.EDITOR].unique()) == ["editor", "editor_hfld", "linear", "linear_projected", "refined"]
+    assert sorted(frame[Col.EDITOR].unique()) == sorted(ALL_METHODS)
     linear = frame[frame[Col.EDITOR] == "linear"].iloc[0]
     moved = np.asarray(linear[Col.LATENT_EDIT]) - np.asarray(linear[Col.LATENT])
     assert np.linalg.norm(moved) == pytest.approx(4.0, rel=1e-5)
@@ -71,3 +82,52 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     report = (tmp_path / "report" / "hfld-evaluation.md").read_text()
     assert f"| hair_lightness | 4.000 | editor_hfld | {config.edits.hfld_lambdas[0]:.3f} |" in report
     assert (tmp_path / "report" / "hfld-evaluation-hair_lightness-sheet.png").is_file()
+
+
+@pytest.mark.slow
+def test_w_plus_editing_runs_unchanged_on_a_stylegan2_checkpoint(tmp_path: Path) -> None:
+    """The same config on a StyleGAN2 file: directions, per-layer editors and edits live in W+."""
+    checkpoint = save_rosinality(small_generator(small_config(resolution=32)), tmp_path / "stylegan2.pt")
+    config = parse_config(
+        {
+            "generator": {"kind": "stylegan2", "checkpoint": str(checkpoint)},
+            "sources": {"count": 3, "first_seed": 500},
+            "discovery": {"samples": 120, "shard_size": 120},
+            "training": {"steps": 2, "classifier_epochs": 2, "batch_size": 8},
+            "edits": {
+                "directory": str(tmp_path / "models"),
+                "attributes": ["skin_lightness"],
+                "strengths": [2.0],
+                "methods": ALL_METHODS,
+                "refine_steps": 2,
+            },
+            "scoring": {"attributes": False},
+            "device": "cpu",
+        }
+    )
+    generator, _, _ = load_generator("stylegan2", str(checkpoint), 1.0, "cpu")
+    num_ws, w_dim = generator.latent_shape
+    train_models(config, generator)
+    hfld_lambda = config.edits.hfld_lambdas[0]
+    editor = load_editor(editor_path(tmp_path / "models", "skin_lightness", hfld_lambda), latent_shape=(num_ws, w_dim))
+    assert editor.mode == "per_layer"
+
+    run_dir = prepare_run(config, tmp_path / "run")
+    generate_shard(config, run_dir, 0)
+    frame = read_manifest(run_dir).to_pandas()
+    assert len(frame) == 3 * len(ALL_METHODS)
+    assert all(list(shape) == [num_ws, w_dim] for shape in frame[Col.LATENT_SHAPE])
+    threshold = read_report(tmp_path / "models")["success_thresholds"]["skin_lightness"]
+    for _, row in frame[frame[Col.EDITOR] == "editor_hfld"].iterrows():
+        source = torch.tensor(row[Col.LATENT]).view(1, num_ws, w_dim)
+        sign = edit_directions(np.array([row[Col.ATTRIBUTE_SCORE_SOURCE]]), threshold)
+        with torch.no_grad():
+            expected = editor(source, sign * row[Col.STRENGTH])
+        edited = torch.tensor(row[Col.LATENT_EDIT]).view(1, num_ws, w_dim)
+        torch.testing.assert_close(edited, expected)
+        moved = edited - source
+        assert not torch.allclose(moved[0, 0], moved[0, -1]), "a per-layer editor moves W+ layers differently"
+        rendered = generator.render(edited).numpy()[0]
+        assert (read_png(run_dir / row[Col.IMAGE_EDIT]) == rendered).all()
+    refined = frame[frame[Col.EDITOR] == "refined"]
+    assert (refined[Col.LANDMARK_NME] >= 0).all() and refined[Col.EMOTION_PROBS_EDIT].map(len).eq(7).all()

@@ -27,44 +27,29 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from pipeline.errors import CheckpointError
-from pipeline.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator, channels_nvidia
+from pipeline.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 from pipeline.models.stylegan2_checkpoints import (
     convert_checkpoint,
     detect_format,
     load_stylegan2,
     read_checkpoint,
 )
-
-RESOLUTION = 16
-CHANNEL_BASE, CHANNEL_MAX = 256, 32
-
+from stylegan2_fixtures import (
+    CHANNEL_BASE,
+    CHANNEL_MAX,
+    RESOLUTION,
+    rosinality_state_dict,
+    save_rosinality,
+    small_config,
+    small_generator,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_generator(conv_clamp: float | None = None, seed: int = 0) -> StyleGAN2Generator:
-    torch.manual_seed(seed)
-    config = StyleGAN2Config(
-        resolution=RESOLUTION,
-        channels=channels_nvidia(RESOLUTION, CHANNEL_BASE, CHANNEL_MAX),
-        z_dim=32,
-        w_dim=32,
-        mapping_layers=2,
-        conv_clamp=conv_clamp,
-    )
-    generator = StyleGAN2Generator(config)
-    with torch.no_grad():
-        for layer in generator.synthesis.layers():
-            layer.noise_strength.fill_(0.3)
-        for block in generator.synthesis.blocks():
-            block.torgb.weight.mul_(0.2)
-        generator.mapping.w_avg.normal_()
-    return generator.eval()
-
-
 @pytest.fixture(scope="module")
 def generator() -> StyleGAN2Generator:
-    return make_generator()
+    return small_generator()
 
 
 def images(generator: StyleGAN2Generator, latents: Tensor) -> Tensor:
@@ -82,50 +67,6 @@ def assert_same_generator(loaded: StyleGAN2Generator, reference: StyleGAN2Genera
 
 # --------------------------------------------------------------------------------------------
 # rosinality/stylegan2-pytorch layouts
-
-
-def rosinality_kernel() -> Tensor:
-    """rosinality's `make_kernel([1, 3, 3, 1]) * factor**2`, stored in every blur/upsample."""
-    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    kernel = taps[None, :] * taps[:, None]
-    return kernel / kernel.sum() * 4
-
-
-def rosinality_state_dict(generator: StyleGAN2Generator) -> dict[str, Tensor]:
-    """`Generator.state_dict()` of rosinality's model.py for the same weights."""
-    ours = generator.state_dict()
-    config = generator.config
-    state: dict[str, Tensor] = {}
-    for i in range(config.mapping_layers):
-        state[f"style.{i + 1}.weight"] = ours[f"mapping.fc{i}.weight"]
-        state[f"style.{i + 1}.bias"] = ours[f"mapping.fc{i}.bias"]
-    state["input.input"] = ours["synthesis.b4.const"][None]
-
-    def styled_conv(name: str, layer: str, noise: int, upsample: bool) -> None:
-        state[f"{name}.conv.weight"] = ours[f"{layer}.weight"][None]
-        state[f"{name}.conv.modulation.weight"] = ours[f"{layer}.affine.weight"]
-        state[f"{name}.conv.modulation.bias"] = ours[f"{layer}.affine.bias"]
-        if upsample:
-            state[f"{name}.conv.blur.kernel"] = rosinality_kernel()
-        state[f"{name}.noise.weight"] = ours[f"{layer}.noise_strength"].reshape(1)
-        state[f"{name}.activate.bias"] = ours[f"{layer}.bias"]
-        state[f"noises.noise_{noise}"] = ours[f"{layer}.noise_const"][None, None]
-
-    def to_rgb(name: str, layer: str, upsample: bool) -> None:
-        if upsample:
-            state[f"{name}.upsample.kernel"] = rosinality_kernel()
-        state[f"{name}.bias"] = ours[f"{layer}.bias"].reshape(1, 3, 1, 1)
-        state[f"{name}.conv.weight"] = ours[f"{layer}.weight"][None]
-        state[f"{name}.conv.modulation.weight"] = ours[f"{layer}.affine.weight"]
-        state[f"{name}.conv.modulation.bias"] = ours[f"{layer}.affine.bias"]
-
-    styled_conv("conv1", "synthesis.b4.conv1", 0, upsample=False)
-    to_rgb("to_rgb1", "synthesis.b4.torgb", upsample=False)
-    for k, res in enumerate(config.block_resolutions[1:]):
-        styled_conv(f"convs.{2 * k}", f"synthesis.b{res}.conv0", 2 * k + 1, upsample=True)
-        styled_conv(f"convs.{2 * k + 1}", f"synthesis.b{res}.conv1", 2 * k + 2, upsample=False)
-        to_rgb(f"to_rgbs.{k}", f"synthesis.b{res}.torgb", upsample=True)
-    return {key: value.clone() for key, value in state.items()}
 
 
 def adam_state(params: int) -> dict[str, Any]:
@@ -164,10 +105,7 @@ def test_rosinality_converted_checkpoint_renders_identically(
 ) -> None:
     """`convert_weight.py` output: g_ema and latent_avg."""
     path = tmp_path / "stylegan2-ffhq-config-f.pt"
-    torch.save(
-        {"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg.clone()},
-        path,
-    )
+    save_rosinality(generator, path)
     assert detect_format(path) == "rosinality"
     truncated = StyleGAN2Generator(generator.config, truncation_psi=0.7)
     truncated.load_state_dict(generator.state_dict())
@@ -431,7 +369,7 @@ def training_snapshot(
         resolution=RESOLUTION,
     )
     return {
-        "G": nvidia_generator(make_generator(seed=1)),
+        "G": nvidia_generator(small_generator(seed=1)),
         "D": discriminator,
         "G_ema": g_ema if g_ema is not None else nvidia_generator(generator),
         "augment_pipe": augment_pipe,
@@ -461,7 +399,7 @@ def dump_nvidia(path: Path, content: Any, monkeypatch: pytest.MonkeyPatch) -> Pa
 def test_nvidia_snapshot_renders_identically(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conv_clamp: float | None
 ) -> None:
-    generator = make_generator(conv_clamp=conv_clamp)
+    generator = small_generator(small_config(conv_clamp=conv_clamp))
     path = dump_nvidia(
         tmp_path / "network-snapshot-001000.pkl", training_snapshot(generator), monkeypatch
     )
@@ -595,10 +533,7 @@ def test_format_is_read_from_content_not_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
 ) -> None:
     rosinality = tmp_path / "looks-like-nvidia.pkl"
-    torch.save(
-        {"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg},
-        rosinality,
-    )
+    save_rosinality(generator, rosinality)
     nvidia = dump_nvidia(
         tmp_path / "looks-like-rosinality.pt", training_snapshot(generator), monkeypatch
     )
@@ -615,10 +550,7 @@ def test_truncated_files_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
 ) -> None:
     rosinality = tmp_path / "r.pt"
-    torch.save(
-        {"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg},
-        rosinality,
-    )
+    save_rosinality(generator, rosinality)
     nvidia = dump_nvidia(tmp_path / "n.pkl", training_snapshot(generator), monkeypatch)
     converted = convert_checkpoint(rosinality, tmp_path / "s.safetensors")
     for path in (rosinality, nvidia, converted):
@@ -637,10 +569,7 @@ def test_conversion_to_safetensors_round_trips(
 ) -> None:
     if source_format == "rosinality":
         source = tmp_path / "source.pt"
-        torch.save(
-            {"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg},
-            source,
-        )
+        save_rosinality(generator, source)
     else:
         source = dump_nvidia(tmp_path / "source.pkl", training_snapshot(generator), monkeypatch)
     target = convert_checkpoint(source, tmp_path / "generator.safetensors")
@@ -734,7 +663,7 @@ def test_generate_runs_on_a_stylegan2_checkpoint(tmp_path: Path, generator: Styl
     from pipeline.run import generate_shard, prepare_run
 
     checkpoint = tmp_path / "g.pt"
-    torch.save({"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg.clone()}, checkpoint)
+    save_rosinality(generator, checkpoint)
     config = parse_config(
         {
             "profile": "ffhq",
@@ -763,7 +692,7 @@ def test_convert_command_writes_a_loadable_file(tmp_path: Path, generator: Style
     from flows.cli import app
 
     source = tmp_path / "g.pt"
-    torch.save({"g_ema": rosinality_state_dict(generator), "latent_avg": generator.mapping.w_avg.clone()}, source)
+    save_rosinality(generator, source)
     target = tmp_path / "g.safetensors"
     runner = CliRunner()
     result = runner.invoke(app, ["convert", str(source), str(target)])
