@@ -8,7 +8,7 @@ attribute (the sign follows the source's own score, so every edit tries to flip 
   named in `discovery.project_out` (InterFaceGAN's conditional manipulation).
 - `editor`: the Latent Transformer editor trained without HFLD (lambda = 0, the base model).
 - `editor_hfld`: the editor trained with lambda * HFLD, once per configured lambda.
-- `refined`: the base editor's edit, then per-sample HFLD refinement of the latent.
+- `refined`: the HFLD editor's edit (same lambda), then per-sample HFLD refinement of the latent.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class Editing:
         if spec.method == "linear_projected":
             return self.projected_direction(spec.attribute).edit(latents, strength)
         with torch.no_grad():
-            base = self.editor(spec.attribute, 0.0 if spec.method != "editor_hfld" else spec.hfld_lambda)
+            base = self.editor(spec.attribute, 0.0 if spec.method == "editor" else spec.hfld_lambda)
             edited = base(latents, strength)
         if spec.method in ("editor", "editor_hfld"):
             return edited

@@ -8,18 +8,21 @@ their resumable training checkpoints live under `<edits directory>/editors/`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pipeline.config import RunConfig
 from pipeline.discovery import CLASSIFIER_FILE, Samples
 from pipeline.editing.directions import load_direction
-from pipeline.editing.editor import LatentEditor, save_editor
+from pipeline.editing.editor import LatentEditor, read_editor_record, save_editor
 from pipeline.editing.hfld import HFLDLoss
 from pipeline.editing.latent_classifier import load_latent_classifier
 from pipeline.editing.training import EditorTrainer, EditorTrainingConfig, TrainingProgress
+from pipeline.errors import CheckpointError
 from pipeline.models.facemesh import BROWS, EYES, FACE_OVAL, LEFT_EYE, LIPS, RIGHT_EYE, FaceMeshLandmarker
 from pipeline.models.generator import FaceGenerator
 
@@ -34,9 +37,9 @@ def required_editors(config: RunConfig) -> list[tuple[str, float]]:
     """(attribute, lambda) of every editor the configured methods use; lambda 0 is the base."""
     methods = set(config.edits.methods)
     lambdas: list[float] = []
-    if methods & {"editor", "refined"}:
+    if "editor" in methods:
         lambdas.append(0.0)
-    if "editor_hfld" in methods:
+    if methods & {"editor_hfld", "refined"}:
         lambdas.extend(config.edits.hfld_lambdas)
     return [(attribute, value) for attribute in config.edits.attributes for value in lambdas]
 
@@ -67,11 +70,14 @@ def train_editor(
     *,
     callback: Callable[[TrainingProgress], None] | None = None,
 ) -> Path:
-    """Train (or resume) one editor and save it; an editor already saved is kept."""
+    """Train (or resume) one editor and save it.
+
+    An editor already saved is kept if it was trained as this call would train it (same
+    training settings, HFLD options, samples and classifier); otherwise it is refused by name,
+    so a rerun discovery or a changed config never edits with a stale editor.
+    """
     directory = Path(config.edits.directory)
     target = editor_path(directory, attribute, hfld_lambda)
-    if target.exists():
-        return target
     device = generator.device
     direction = load_direction(directory / "directions" / f"{attribute}.safetensors", latent_shape=generator.latent_shape)
     classifier = load_latent_classifier(directory / CLASSIFIER_FILE, latent_shape=generator.latent_shape, device=device)
@@ -92,8 +98,23 @@ def train_editor(
         ),
         hfld=hfld_loss(config, generator, hfld_lambda) if hfld_lambda > 0 else None,
     )
+    if target.exists():
+        require_trained_as(target, trainer.record())
+        return target
     checkpoint = target.with_name(f".{target.stem}.training.pt")
     losses = trainer.run(checkpoint=checkpoint, callback=callback)
     save_editor(trainer.editor, target, extra={**trainer.record(), "final_losses": losses})
     checkpoint.unlink(missing_ok=True)
     return target
+
+
+def require_trained_as(path: Path, record: dict[str, Any]) -> None:
+    """Refuse a saved editor whose training record differs from `record` (steps excepted)."""
+    saved = read_editor_record(path)
+    expected = json.loads(json.dumps(record))
+    changed = [key for key in ("training", "hfld", "classifier_attributes", "inputs") if saved.get(key) != expected[key]]
+    if changed:
+        raise CheckpointError(
+            f"{path}: this editor was trained with other {', '.join(changed)} than this config and its "
+            "discovery results give; delete it to train it again, or set another edits.directory"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from data_schemas import Col
 from pipeline.config import parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
 from pipeline.edits import EditSpec, Editing, attribute_reached, edit_directions, plan_edits
+from pipeline.editing.editor import load_editor, save_editor
+from pipeline.editing.hfld import HFLDLoss
+from pipeline.editing.refine import RefinementResult
 from pipeline.editing.synthetic import TinyGenerator
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.evaluation import change_at_success, reductions, summarise
 from pipeline.train_editors import editor_path, required_editors, train_editor
 from test_discovery import LATENT_DIM, PlantedScorer
@@ -83,6 +88,61 @@ def test_trained_editor_reaches_the_target_more_often_than_it_started(editing: E
     assert attribute_reached(signs, after, 0.5).mean() > 0.8
 
 
+def test_each_method_names_the_editors_it_needs() -> None:
+    def needed(methods: list[str]) -> list[tuple[str, float]]:
+        edits = {"attributes": ["gender"], "methods": methods, "hfld_lambdas": [100.0, 1000.0]}
+        return required_editors(parse_config({"edits": edits}))
+
+    assert needed(["linear", "linear_projected"]) == []
+    assert needed(["editor"]) == [("gender", 0.0)]
+    assert needed(["refined"]) == needed(["editor_hfld"]) == [("gender", 100.0), ("gender", 1000.0)]
+    assert needed(["editor", "refined"]) == [("gender", 0.0), ("gender", 100.0), ("gender", 1000.0)]
+
+
+def test_a_saved_editor_is_kept_only_if_trained_as_the_config_says(editing: Editing) -> None:
+    config, generator = editing.config, editing.generator
+    samples = collect_samples_on_disk(config)
+    path = editor_path(editing.directory, "gender", 0.0)
+    before = path.read_bytes()
+    assert train_editor(config, generator, samples, "gender", 0.0) == path
+    assert path.read_bytes() == before
+    longer = config.model_copy(update={"training": config.training.model_copy(update={"steps": 31})})
+    with pytest.raises(CheckpointError, match=r"gender-lambda0.safetensors: this editor was trained with other training"):
+        train_editor(longer, generator, samples, "gender", 0.0)
+    fewer = dataclasses.replace(samples, latents=samples.latents[:-1], seeds=samples.seeds[:-1])
+    with pytest.raises(CheckpointError, match=r"other inputs than"):
+        train_editor(config, generator, fewer, "gender", 0.0)
+    assert path.read_bytes() == before
+
+
+def test_refinement_starts_from_the_hfld_editor_of_its_lambda(
+    editing: Editing, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hfld_editor = load_editor(editor_path(editing.directory, "gender", 0.0))
+    with torch.no_grad():
+        hfld_editor.bias.mul_(-2.0)
+    save_editor(hfld_editor, editor_path(editing.directory, "gender", 7.0))
+    started_from = {}
+
+    def record(edited: torch.Tensor, source: torch.Tensor, **options: object) -> RefinementResult:
+        started_from.update(edited=edited, lam=options["hfld"].weight)
+        unchanged = torch.zeros(len(edited))
+        return RefinementResult(edited + 1.0, unchanged, unchanged, unchanged, unchanged)
+
+    monkeypatch.setattr("pipeline.edits.refine_edits", record)
+    monkeypatch.setattr("pipeline.edits.hfld_loss", lambda config, generator, weight: HFLDLoss(generator, lambda x: x, weight=weight))
+    latents, signs = torch.randn(3, LATENT_DIM), torch.tensor([1.0, -1.0, 1.0])
+    try:
+        refined = editing.apply(EditSpec("gender", "refined", 2.0, 7.0), latents, signs)
+    finally:
+        editor_path(editing.directory, "gender", 7.0).unlink()
+    with torch.no_grad():
+        expected = hfld_editor(latents, 2.0 * signs)
+    torch.testing.assert_close(started_from["edited"], expected)
+    assert started_from["lam"] == 7.0
+    torch.testing.assert_close(refined, expected + 1.0)
+
+
 def _summary_rows() -> pd.DataFrame:
     rows = []
     for method, (success, js) in {"editor": ((0.4, 0.8), (0.10, 0.20)), "editor_hfld": ((0.5, 0.9), (0.05, 0.12))}.items():
@@ -116,7 +176,6 @@ def test_summary_and_reduction_at_equal_success() -> None:
 
 
 def test_an_attribute_without_a_direction_is_named(editing: Editing) -> None:
-    from pipeline.errors import ConfigError
 
     config = parse_config({"edits": {"directory": str(editing.directory), "attributes": ["gender", "yaw"]}})
     report = editing.report

@@ -159,18 +159,7 @@ def load_editor(
 ) -> LatentEditor:
     """Read an editor written by `save_editor`; `latent_shape`, when given, must match."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: editor file not found")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise CheckpointError(f"{path}: not an exprlock latent editor (format {metadata.get('format')!r})")
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
-    except CheckpointError:
-        raise
-    except Exception as error:
-        raise CheckpointError(f"{path}: cannot read the editor ({error})") from error
+    metadata, state = _read_editor_file(path, tensors=True)
     config = json.loads(metadata["config"])
     if latent_shape is not None and tuple(latent_shape) != tuple(config["latent_shape"]):
         raise CheckpointError(
@@ -183,3 +172,25 @@ def load_editor(
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not match the stored configuration ({error})") from error
     return editor.to(device)
+
+
+def read_editor_record(path: str | os.PathLike) -> dict[str, Any]:
+    """The `extra` record `save_editor` stored beside the weights (what the editor was trained on)."""
+    metadata, _ = _read_editor_file(Path(path), tensors=False)
+    return json.loads(metadata.get("extra", "{}"))
+
+
+def _read_editor_file(path: Path, *, tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: editor file not found")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not an exprlock latent editor (format {metadata.get('format')!r})")
+            state = {name: handle.get_tensor(name) for name in handle.keys()} if tensors else {}
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"{path}: cannot read the editor ({error})") from error
+    return metadata, state
