@@ -23,7 +23,8 @@ import yaml
 import pipeline
 from data_schemas import Col
 from pipeline.images import write_atomic
-from pipeline.summary import CATEGORIES, NOT_SCORED, open_manifest, summarize, write_plots
+from pipeline.manifest import open_manifest
+from pipeline.summary import CATEGORIES, NOT_SCORED, summarize, write_plots
 from pipeline.models.assets import REGISTRY, Asset
 from pipeline.run import CONFIG_FILE, CONTACT_SHEET
 

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.images import read_png
-from pipeline.summary import open_manifest
+from pipeline.manifest import open_manifest
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")

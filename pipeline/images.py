@@ -1,4 +1,4 @@
-"""Image files: atomic PNG writes with digests, and contact sheets."""
+"""Image arrays and files: batch checks, atomic PNG writes with digests, and contact sheets."""
 
 from __future__ import annotations
 
@@ -8,11 +8,29 @@ import math
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from pipeline.errors import ImageError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def as_uint8_images(images: np.ndarray | torch.Tensor, name: str = "images") -> np.ndarray:
+    """A contiguous uint8 RGB numpy batch `(N, H, W, 3)`, or an ImageError naming the input `name`."""
+    import torch  # here, not above, so that the file helpers stay light for the command line
+
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        found = f"{images.dtype} of shape {tuple(images.shape)}" if hasattr(images, "shape") else type(images).__name__
+        raise ImageError(f"{name}: expected uint8 RGB (N, H, W, 3), got {found}")
+    if min(images.shape[1:3]) < 1:
+        raise ImageError(f"{name}: expected a non-empty height and width, got {tuple(images.shape)}")
+    return np.ascontiguousarray(images)
 
 
 def encode_png(image: np.ndarray) -> bytes:

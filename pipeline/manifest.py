@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 import pipeline
@@ -76,11 +77,7 @@ def write_shard(table: pa.Table, path: Path) -> Path:
 def read_shard(path: Path) -> pa.Table:
     """One shard, validated against the schema version recorded in its metadata."""
     path = Path(path)
-    try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise ManifestError(f"{path}: not a readable Parquet file ({error})") from None
-    validate_schema(schema, source=str(path))
+    schema, _ = _checked_schema(path)
     return pq.read_table(path, schema=schema)
 
 
@@ -90,6 +87,21 @@ def read_manifest(run_dir: Path) -> pa.Table:
     if not files:
         raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: no manifest shards found")
     return pa.concat_tables([read_shard(f) for f in files], promote_options="default")
+
+
+def open_manifest(run_dir: Path) -> tuple[ds.Dataset, str]:
+    """A pyarrow dataset over the run's finished shards, and their schema version.
+
+    Every shard's schema is checked against its declared version first, so a foreign or
+    half-migrated file is refused by name instead of surfacing as a confusing read error.
+    """
+    files = shard_files(run_dir)
+    if not files:
+        raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: no manifest shards found; is this a run directory?")
+    versions = {_checked_schema(path)[1] for path in files}
+    if len(versions) > 1:
+        raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: shards of several schema versions {sorted(versions)}")
+    return ds.dataset([str(p) for p in files], format="parquet"), versions.pop()
 
 
 def shard_files(run_dir: Path) -> list[Path]:
@@ -118,6 +130,15 @@ def validate_schema(schema: pa.Schema, *, source: str) -> str:
     if extra:
         raise ManifestError(f"{source}: unexpected columns {extra} for schema {version}")
     return version
+
+
+def _checked_schema(path: Path) -> tuple[pa.Schema, str]:
+    """A shard's schema and version, validated; an unreadable file is refused by name."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ManifestError(f"{path}: not a readable Parquet file ({error})") from None
+    return schema, validate_schema(schema, source=str(path))
 
 
 def _fsync_directory(directory: Path) -> None:

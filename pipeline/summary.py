@@ -20,12 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from data_schemas import EMOTION_LABELS, Col
-from pipeline.errors import ManifestError
 from pipeline.images import write_atomic
-from pipeline.manifest import MANIFEST_DIR, shard_files, validate_schema
+from pipeline.manifest import open_manifest
 
 NOT_SCORED = "not scored"
 PLOTS_DIR = "plots"
@@ -33,27 +31,6 @@ CATEGORIES = (Col.ATTRIBUTE, Col.EDITOR, Col.EMOTION_SOURCE, Col.EMOTION_EDIT)
 FACE_DETECTED = (Col.FACE_DETECTED_SOURCE, Col.FACE_DETECTED_EDIT)
 # Floating-point columns that say how a row was made, not what it scored.
 _PARAMETERS = {Col.STRENGTH, Col.HFLD_LAMBDA}
-
-
-def open_manifest(run_dir: Path) -> tuple[ds.Dataset, str]:
-    """A pyarrow dataset over the run's finished shards, and their schema version.
-
-    Every shard's schema is checked against its declared version first, so a foreign or
-    half-migrated file is refused by name instead of surfacing as a confusing read error.
-    """
-    files = shard_files(run_dir)
-    if not files:
-        raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: no manifest shards found; is this a run directory?")
-    versions = set()
-    for path in files:
-        try:
-            schema = pq.read_schema(path)
-        except (OSError, pa.ArrowInvalid) as error:
-            raise ManifestError(f"{path}: not a readable Parquet file ({error})") from None
-        versions.add(validate_schema(schema, source=str(path)))
-    if len(versions) > 1:
-        raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: shards of several schema versions {sorted(versions)}")
-    return ds.dataset([str(p) for p in files], format="parquet"), versions.pop()
 
 
 def summarize(run_dir: Path) -> dict[str, Any]:

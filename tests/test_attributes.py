@@ -21,10 +21,10 @@ from pipeline.models.attributes import (
     adience_blob,
     angles_to_rotation,
     colour_attributes,
-    crop_faces,
     head_pose,
     head_rotation,
     region_masks,
+    square_face_crops,
     srgb_to_lab,
 )
 from pipeline.models.dcgan import load_dcgan
@@ -99,7 +99,7 @@ def test_astronaut_is_scored_an_adult_woman(
 def test_batched_scores_equal_one_image_at_a_time_cv2_dnn(
     scorer: AdienceGenderAge, astronaut: np.ndarray, astronaut_box: np.ndarray, generated: np.ndarray
 ) -> None:
-    crops = np.concatenate([crop_faces(astronaut[None], astronaut_box), crop_faces(generated)])
+    crops = np.concatenate([square_face_crops(astronaut[None], astronaut_box), square_face_crops(generated)])
     batched = scorer.predict(crops)  # whole 227x227 crops pass through unchanged
     for prefix, probs in (("adience-gender", batched.gender_probs), ("adience-age", batched.age_probs)):
         net = cv2.dnn.readNetFromCaffe(str(asset_path(f"{prefix}-prototxt")), str(asset_path(f"{prefix}-net")))
@@ -110,7 +110,7 @@ def test_batched_scores_equal_one_image_at_a_time_cv2_dnn(
 
 
 def test_preprocessing_equals_a_handwritten_blob(generated: np.ndarray) -> None:
-    crops = crop_faces(generated)
+    crops = square_face_crops(generated)
     expected = (crops[..., ::-1].astype(np.float32) - np.array(ADIENCE_MEAN_BGR, dtype=np.float32)).transpose(
         0, 3, 1, 2
     )
@@ -119,19 +119,19 @@ def test_preprocessing_equals_a_handwritten_blob(generated: np.ndarray) -> None:
 
 def test_whole_image_crop_is_a_plain_resize(generated: np.ndarray) -> None:
     expected = [cv2.resize(image, (ADIENCE_INPUT_SIZE,) * 2, interpolation=cv2.INTER_LINEAR) for image in generated]
-    np.testing.assert_array_equal(crop_faces(generated), np.stack(expected))
+    np.testing.assert_array_equal(square_face_crops(generated), np.stack(expected))
 
 
 def test_crop_beyond_the_image_repeats_its_border() -> None:
     image = np.tile(np.arange(100, dtype=np.uint8)[None, :, None], (100, 1, 3))  # value = column
-    crop = crop_faces(image[None], np.array([[-20.0, 30.0, 40.0, 90.0]]), size=60)[0]
+    crop = square_face_crops(image[None], np.array([[-20.0, 30.0, 40.0, 90.0]]), size=60)[0]
     assert np.all(crop[:, :20] == 0)  # the 20 columns left of the image repeat column 0
     np.testing.assert_array_equal(crop[0, 20:, 0], np.arange(40))
 
 
 def test_not_found_boxes_are_refused(astronaut: np.ndarray) -> None:
     with pytest.raises(ImageError, match="boxes: expected 1 finite rows"):
-        crop_faces(astronaut[None], np.full((1, 4), np.nan))
+        square_face_crops(astronaut[None], np.full((1, 4), np.nan))
 
 
 def test_scalar_scores_follow_the_probabilities() -> None:

@@ -9,23 +9,11 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import torch
-from manifest_fixtures import make_scored_run, make_source_run
 
 from data_schemas import COLUMNS, EMOTION_LABELS, Col
 from pipeline.dataset import SPLITS, ManifestDataset, assign_splits, seed_unit
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.images import read_png
-
-
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    run_dir = tmp_path_factory.mktemp("scored")
-    return run_dir, make_scored_run(run_dir)
-
-
-@pytest.fixture(scope="module")
-def unscored(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_source_run(tmp_path_factory.mktemp("unscored"))
 
 
 def _read_with_every_engine(manifest: Path, cache: Path) -> dict[str, tuple[int, list[str], list[int]]]:

@@ -7,7 +7,6 @@ it reads it from. Every test runs with sockets refused, so any download attempt 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,12 @@ import torch
 from deepface.commons import backend_utils, weight_utils
 from deepface.models.demography.pytorch.Emotion import EmotionModel
 from deepface.modules import modeling
+from network_guard import NetworkAttempt
 
 from pipeline.errors import AssetError, ImageError
 from pipeline.models.deepface_backend import LABELS, WEIGHTS_FILE, DeepFaceEmotion, weights_path
 
-
-class NetworkAttempt(AssertionError):
-    """Raised by the socket guard; a test that sees it tried to reach the network."""
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise NetworkAttempt(f"network access attempted: {args[1:]}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture

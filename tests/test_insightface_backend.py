@@ -9,7 +9,6 @@ Every test runs with sockets refused, so any download attempt fails it.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from insightface.app.common import Face
 from insightface.model_zoo import get_model
 from insightface.utils import storage
+from network_guard import NetworkAttempt
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.errors import AssetError, ImageError
@@ -31,21 +31,9 @@ from pipeline.models.insightface_backend import (
     pack_dir,
 )
 
+pytestmark = pytest.mark.usefixtures("no_network")
+
 RED, BLUE = (255, 0, 0), (0, 0, 255)
-
-
-class NetworkAttempt(AssertionError):
-    """Raised by the socket guard; a test that sees it tried to reach the network."""
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise NetworkAttempt(f"network access attempted: {args[1:]}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def save_model(nodes: list, inputs: list, outputs: list, initialisers: list, path: Path) -> Path:
@@ -262,7 +250,7 @@ def test_bad_crops_are_refused(tmp_path: Path) -> None:
     identity = ArcFaceIdentity(tmp_path, providers=["CPUExecutionProvider"])
     with pytest.raises(ImageError, match=r"expected aligned crops \(N, 112, 112, 3\), got \(1, 100, 112, 3\)"):
         identity.embed(np.zeros((1, 100, 112, 3), np.uint8))
-    with pytest.raises(ImageError, match=r"expected uint8 RGB \(N, H, W, 3\), got float32 of shape"):
+    with pytest.raises(ImageError, match=r"crops: expected uint8 RGB \(N, H, W, 3\), got float32 of shape"):
         identity.embed(np.zeros((1, 112, 112, 3), np.float32))
 
 

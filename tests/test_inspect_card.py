@@ -10,7 +10,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from manifest_fixtures import make_scored_run, make_source_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,17 +21,6 @@ from pipeline.summary import NOT_SCORED, summarize, write_plots
 from pipeline.models.assets import REGISTRY
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    run_dir = tmp_path_factory.mktemp("scored")
-    return run_dir, make_scored_run(run_dir)
-
-
-@pytest.fixture(scope="module")
-def unscored(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_source_run(tmp_path_factory.mktemp("unscored"))
 
 
 def test_summary_of_a_scored_run_matches_its_rows(scored: tuple[Path, pd.DataFrame]) -> None:

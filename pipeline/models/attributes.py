@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import ImageError
+from pipeline.images import as_uint8_images
 from pipeline.models.assets import asset_path
-from pipeline.models.detector import as_uint8_images
 from pipeline.models.facemesh import (
     FACE_OVAL,
     LEFT_EYE_INNER_CORNER,
@@ -72,21 +72,22 @@ class GenderAge:
         return self.age_probs.argmax(axis=1)
 
 
-def crop_faces(
+def square_face_crops(
     images: np.ndarray | torch.Tensor,
     boxes: np.ndarray | None = None,
     *,
     margin: float = 0.0,
     size: int = ADIENCE_INPUT_SIZE,
 ) -> np.ndarray:
-    """Square face crops, uint8 RGB `(N, size, size, 3)`.
+    """Square face crops, uint8 RGB `(N, size, size, 3)`, for the Adience nets.
 
     Each crop is centred on its box (x0, y0, x1, y1) with side `(1 + margin) * max(w, h)`; parts
     outside the image repeat the border pixels. `boxes=None` treats each whole image as the box,
     which suits generator outputs that are already framed as face crops. YuNet's boxes run from
     hairline to chin and are taller than wide, so the square already leaves room at the cheeks.
     The Adience nets are sensitive to this framing: on `skimage.data.astronaut()` with YuNet's
-    box, p_female is 0.94 at margin 0, 0.67 at 0.05 and 0.10 at 0.1.
+    box, p_female is 0.94 at margin 0, 0.67 at 0.05 and 0.10 at 0.1. The identity encoder's
+    `pipeline.models.identity.crop_faces` differs: it resamples each box as given, differentiably.
     """
     images = as_uint8_images(images)
     if margin <= -1:
@@ -139,8 +140,8 @@ class AdienceGenderAge:
     def predict(
         self, images: np.ndarray | torch.Tensor, boxes: np.ndarray | None = None, *, margin: float = 0.0
     ) -> GenderAge:
-        """Gender and age probabilities of uint8 RGB images `(N, H, W, 3)`; see `crop_faces`."""
-        crops = crop_faces(images, boxes, margin=margin)
+        """Gender and age probabilities of uint8 RGB images `(N, H, W, 3)`; see `square_face_crops`."""
+        crops = square_face_crops(images, boxes, margin=margin)
         if len(crops) == 0:
             return GenderAge(np.zeros((0, len(GENDER_LABELS)), np.float32), np.zeros((0, len(AGE_BUCKETS)), np.float32))
         blob = adience_blob(crops)

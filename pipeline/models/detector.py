@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.errors import ImageError
+from pipeline.images import as_uint8_images
 from pipeline.models.assets import asset_path
 
 # Order of YuNet's five landmarks; left and right are the subject's, so the right eye appears on
@@ -132,15 +132,3 @@ class FaceDetector:
                 str(self.path), "", size, _SCORE_FLOOR, self.nms_threshold, _TOP_K
             )
         return self._by_size[size]
-
-
-def as_uint8_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A contiguous uint8 numpy batch `(N, H, W, 3)`, or an error naming what was given."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        found = f"{images.dtype} {tuple(images.shape)}" if hasattr(images, "shape") else type(images).__name__
-        raise ImageError(f"images: expected uint8 RGB (N, H, W, 3), got {found}")
-    if min(images.shape[1:3]) < 1:
-        raise ImageError(f"images: expected a non-empty height and width, got {tuple(images.shape)}")
-    return np.ascontiguousarray(images)

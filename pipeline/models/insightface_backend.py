@@ -35,6 +35,7 @@ from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
 
 from pipeline.errors import AssetError, ImageError
+from pipeline.images import as_uint8_images
 from pipeline.models.identity import cosine
 
 PACK = "buffalo_l"
@@ -75,14 +76,6 @@ def _load(path: Path, kind: type, role: str, providers: Sequence[str] | None) ->
     return model
 
 
-def _as_uint8_images(images: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    """A C-contiguous uint8 RGB array `(N, H, W, 3)`, or an ImageError."""
-    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
-        raise ImageError(f"{name}: expected uint8 RGB (N, H, W, 3), got {array.dtype} of shape {array.shape}")
-    return np.ascontiguousarray(array)
-
-
 class ArcFaceIdentity:
     """Unit-length ArcFace embeddings of aligned face crops (`pipeline.models.identity.align_crops`).
 
@@ -104,7 +97,7 @@ class ArcFaceIdentity:
 
     def embed(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Unit-length embeddings `(N, 512)` on the CPU of uint8 RGB crops `(N, 112, 112, 3)`."""
-        crops = _as_uint8_images(crops, "crops")
+        crops = as_uint8_images(crops, "crops")
         if crops.shape[1:3] != self.crop_size:
             raise ImageError(
                 f"crops: expected aligned crops (N, {self.crop_size[0]}, {self.crop_size[1]}, 3), "
@@ -167,7 +160,7 @@ class SCRFDDetector:
 
     def detect(self, images: np.ndarray | torch.Tensor) -> list[DetectedFaces]:
         """The faces in each uint8 RGB image of `(N, H, W, 3)`, one `DetectedFaces` per image."""
-        images = _as_uint8_images(images, "images")
+        images = as_uint8_images(images)
         found = []
         for image in images:
             bgr = np.ascontiguousarray(image[:, :, ::-1])  # insightface takes OpenCV's BGR order
