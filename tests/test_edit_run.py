@@ -27,6 +27,26 @@ from stylegan2_fixtures import save_rosinality, small_config, small_generator
 ALL_METHODS = ["linear", "linear_projected", "editor", "editor_hfld", "refined"]
 
 
+def small_edit_config(models: Path, attribute: str, strength: float, **settings: object) -> RunConfig:
+    """Every method on a few sources, with discovery and training cut to a few seconds."""
+    return parse_config(
+        {
+            "discovery": {"samples": 120, "shard_size": 120},
+            "training": {"steps": 2, "classifier_epochs": 2, "batch_size": 8},
+            "edits": {
+                "directory": str(models),
+                "attributes": [attribute],
+                "strengths": [strength],
+                "methods": ALL_METHODS,
+                "refine_steps": 2,
+            },
+            "scoring": {"attributes": False},
+            "device": "cpu",
+            **settings,
+        }
+    )
+
+
 def train_models(config: RunConfig, generator: FaceGenerator) -> None:
     """Discovery on one shard of samples, then every editor the config's methods need."""
     ensure_sample_shard(config, 0, generator, load_scorer("cpu", config.scoring.attributes))
@@ -38,21 +58,8 @@ def train_models(config: RunConfig, generator: FaceGenerator) -> None:
 
 @pytest.mark.slow
 def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
-    config = parse_config(
-        {
-            "sources": {"count": 2, "first_seed": 500},
-            "discovery": {"samples": 120, "shard_size": 120},
-            "training": {"steps": 2, "classifier_epochs": 2, "batch_size": 8},
-            "edits": {
-                "directory": str(tmp_path / "models"),
-                "attributes": ["hair_lightness"],
-                "strengths": [4.0],
-                "methods": ALL_METHODS,
-                "refine_steps": 2,
-            },
-            "scoring": {"attributes": False},
-            "device": "cpu",
-        }
+    config = small_edit_config(
+        tmp_path / "models", "hair_lightness", 4.0, sources={"count": 2, "first_seed": 500}
     )
     train_models(config, load_dcgan())
     run_dir = prepare_run(config, tmp_path / "run")
@@ -88,22 +95,12 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
 def test_w_plus_editing_runs_unchanged_on_a_stylegan2_checkpoint(tmp_path: Path) -> None:
     """The same config on a StyleGAN2 file: directions, per-layer editors and edits live in W+."""
     checkpoint = save_rosinality(small_generator(small_config(resolution=32)), tmp_path / "stylegan2.pt")
-    config = parse_config(
-        {
-            "generator": {"kind": "stylegan2", "checkpoint": str(checkpoint)},
-            "sources": {"count": 3, "first_seed": 500},
-            "discovery": {"samples": 120, "shard_size": 120},
-            "training": {"steps": 2, "classifier_epochs": 2, "batch_size": 8},
-            "edits": {
-                "directory": str(tmp_path / "models"),
-                "attributes": ["skin_lightness"],
-                "strengths": [2.0],
-                "methods": ALL_METHODS,
-                "refine_steps": 2,
-            },
-            "scoring": {"attributes": False},
-            "device": "cpu",
-        }
+    config = small_edit_config(
+        tmp_path / "models",
+        "skin_lightness",
+        2.0,
+        generator={"kind": "stylegan2", "checkpoint": str(checkpoint)},
+        sources={"count": 3, "first_seed": 500},
     )
     generator, _, _ = load_generator("stylegan2", str(checkpoint), 1.0, "cpu")
     num_ws, w_dim = generator.latent_shape
