@@ -36,8 +36,8 @@ from typing import Any, Literal
 import numpy as np
 import safetensors.torch
 import torch
-from safetensors import safe_open
 
+from pipeline.editing.storage import read_checked
 from pipeline.errors import CheckpointError, ConfigError, ImageError
 from pipeline.images import write_atomic
 
@@ -413,21 +413,10 @@ def _suffix(path: Path) -> str:
 
 
 def _load_safetensors(path: Path, name: str | None) -> Direction:
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != FORMAT or "vector" not in handle.keys():
-                raise CheckpointError(f"{path}: not an exprlock direction file (format {metadata.get('format')!r})")
-            if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
-                raise CheckpointError(
-                    f"{path}: direction format version {metadata['format_version']} is newer than "
-                    f"{FORMAT_VERSION}; upgrade exprlock"
-                )
-            vector = handle.get_tensor("vector")
-    except CheckpointError:
-        raise
-    except Exception as error:
-        raise CheckpointError(f"{path}: cannot read the direction file ({error})") from error
+    metadata, tensors = read_checked(path, format=FORMAT, version=FORMAT_VERSION, what="direction")
+    if set(tensors) != {"vector"}:
+        raise CheckpointError(f"{path}: a direction file holds one tensor 'vector', found {sorted(tensors)}")
+    vector = tensors["vector"]
     return Direction(
         name=name or metadata["name"],
         vector=vector,

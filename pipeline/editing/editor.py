@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 import safetensors.torch
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from pipeline.editing.directions import Direction, broadcast_strength, check_latents
+from pipeline.editing.storage import read_checked
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.images import write_atomic
 
@@ -159,7 +159,7 @@ def load_editor(
 ) -> LatentEditor:
     """Read an editor written by `save_editor`; `latent_shape`, when given, must match."""
     path = Path(path)
-    metadata, state = _read_editor_file(path, tensors=True)
+    metadata, state = read_checked(path, format=FORMAT, version=FORMAT_VERSION, what="editor")
     config = json.loads(metadata["config"])
     if latent_shape is not None and tuple(latent_shape) != tuple(config["latent_shape"]):
         raise CheckpointError(
@@ -176,21 +176,5 @@ def load_editor(
 
 def read_editor_record(path: str | os.PathLike) -> dict[str, Any]:
     """The `extra` record `save_editor` stored beside the weights (what the editor was trained on)."""
-    metadata, _ = _read_editor_file(Path(path), tensors=False)
+    metadata, _ = read_checked(Path(path), format=FORMAT, version=FORMAT_VERSION, what="editor", tensors=False)
     return json.loads(metadata.get("extra", "{}"))
-
-
-def _read_editor_file(path: Path, *, tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: editor file not found")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise CheckpointError(f"{path}: not an exprlock latent editor (format {metadata.get('format')!r})")
-            state = {name: handle.get_tensor(name) for name in handle.keys()} if tensors else {}
-    except CheckpointError:
-        raise
-    except Exception as error:
-        raise CheckpointError(f"{path}: cannot read the editor ({error})") from error
-    return metadata, state

@@ -24,10 +24,10 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from pipeline.editing.directions import check_latents
+from pipeline.editing.storage import read_checked
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.images import write_atomic
 
@@ -227,18 +227,7 @@ def load_latent_classifier(
     `latent_shape`, when given, must match the stored one (the generator the labels came from).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: latent classifier file not found")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise CheckpointError(f"{path}: not an exprlock latent classifier (format {metadata.get('format')!r})")
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
-    except CheckpointError:
-        raise
-    except Exception as error:
-        raise CheckpointError(f"{path}: cannot read the latent classifier ({error})") from error
+    metadata, state = read_checked(path, format=FORMAT, version=FORMAT_VERSION, what="latent classifier")
     config = json.loads(metadata["config"])
     if latent_shape is not None and tuple(latent_shape) != tuple(config["latent_shape"]):
         raise CheckpointError(
