@@ -20,7 +20,7 @@ from pipeline.editing.hfld import HFLDLoss
 from pipeline.editing.refine import RefinementResult
 from pipeline.editing.synthetic import TinyGenerator
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.evaluation import change_at_success, reductions, summarise
+from pipeline.evaluation import change_at_success, hfld_reductions, reductions, summarise
 from pipeline.train_editors import editor_path, required_editors, train_editor
 from test_discovery import LATENT_DIM, PlantedScorer
 
@@ -173,6 +173,17 @@ def test_summary_and_reduction_at_equal_success() -> None:
     assert table.loc[3.0, "emotion_js_reduction"] == pytest.approx((0.10 - 0.04) / 0.10)
     assert table.loc[6.0, "emotion_js_reduction"] == pytest.approx((0.20 - 0.1025) / 0.20)
     assert np.isnan(table.loc[6.0, "emotion_flip_rate_reduction"])  # nothing flipped: no base to reduce
+
+
+def test_the_refinement_is_compared_with_the_base_editor_too() -> None:
+    rows = _summary_rows()
+    refined = rows[rows[Col.EDITOR] == "editor_hfld"].assign(**{Col.EDITOR: "refined", Col.EMOTION_JS: lambda f: f[Col.EMOTION_JS] / 2})
+    table = hfld_reductions(summarise(pd.concat([rows, refined])))
+    assert table[Col.EDITOR].tolist() == ["editor_hfld", "editor_hfld", "refined", "refined"]
+    by_method = table.set_index([Col.EDITOR, Col.STRENGTH])["emotion_js_reduction"]
+    assert by_method["editor_hfld", 3.0] == pytest.approx((0.10 - 0.04) / 0.10)
+    assert by_method["refined", 3.0] == pytest.approx((0.10 - 0.02) / 0.10)
+    assert hfld_reductions(summarise(rows[rows[Col.EDITOR] == "editor"])).empty
 
 
 def test_an_attribute_without_a_direction_is_named(editing: Editing) -> None:
