@@ -213,7 +213,8 @@ def train_editor(
     """Train the latent editors the config's edit methods need: one per attribute and lambda.
 
     Lambda 0 is the base Latent Transformer editor; `edits.hfld_lambdas` add HFLD. Training
-    resumes from its checkpoints; an editor already saved is kept.
+    resumes from its checkpoints; an editor already saved is kept if it was trained as this
+    config says, and refused by name otherwise.
 
     Example: exprlock train-editor --config configs/experiment.yaml
     """
@@ -232,8 +233,8 @@ def evaluate(
 ) -> None:
     """Compare edit methods: success, emotion flips and divergence, landmark NME, identity.
 
-    Also the reduction in emotion change of the HFLD editor against the base editor at equal
-    attribute success, success/emotion trade-off plots and contact sheets.
+    Also the reduction in emotion change of the HFLD editor and of its refinement against the
+    base editor at equal attribute success, success/emotion trade-off plots and contact sheets.
 
     Example: exprlock evaluate runs/experiment --out docs
     """
@@ -277,10 +278,11 @@ def inspect_run(
 
     Example: exprlock inspect runs/demo --json
     """
-    from pipeline.summary import summarize, summary_lines, to_json, write_plots
+    from pipeline.summary import RunManifest, summarize, summary_lines, to_json, write_plots
 
-    summary = summarize(run_dir)
-    written = [] if no_plots else write_plots(run_dir, out_dir=plots)
+    manifest = RunManifest.read(run_dir)
+    summary = summarize(manifest)
+    written = [] if no_plots else write_plots(manifest, out_dir=plots)
     summary["plots"] = [str(p) for p in written]
     if as_json:
         console.print_json(to_json(summary))

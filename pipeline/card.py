@@ -23,8 +23,7 @@ import yaml
 import pipeline
 from data_schemas import Col
 from pipeline.images import write_atomic
-from pipeline.manifest import open_manifest
-from pipeline.summary import CATEGORIES, NOT_SCORED, summarize, write_plots
+from pipeline.summary import CATEGORIES, NOT_SCORED, RunManifest, summarize, write_plots
 from pipeline.models.assets import REGISTRY, Asset
 from pipeline.run import CONFIG_FILE, CONTACT_SHEET
 
@@ -37,9 +36,10 @@ _NOT_MODELS = {Col.IMAGE_SOURCE, Col.IMAGE_EDIT}
 def write_card(run_dir: Path) -> Path:
     """Write (or rewrite) `dataset_card.md` in `run_dir`, with the plots it shows."""
     run_dir = Path(run_dir)
-    summary = summarize(run_dir)
-    plots = write_plots(run_dir)
-    models = model_provenance(run_dir)
+    manifest = RunManifest.read(run_dir)
+    summary = summarize(manifest)
+    plots = write_plots(manifest)
+    models = model_provenance(manifest)
     record = _config_record(run_dir)
     sections = [
         _header(summary, record),
@@ -56,14 +56,14 @@ def write_card(run_dir: Path) -> Path:
     return path
 
 
-def model_provenance(run_dir: Path) -> list[dict[str, Any]]:
+def model_provenance(manifest: RunManifest) -> list[dict[str, Any]]:
     """Each distinct model named in the manifest: role, name, SHA-256, licence, registry record.
 
     Models come from the `models` column (one record per scorer) and from any column `X` with a
     companion `X_sha256` (the generator), image columns excepted. The registry record is found
     by digest; the licence is the manifest's when it recorded one, else the registry's.
     """
-    dataset, _ = open_manifest(run_dir)
+    dataset = manifest.dataset
     names = set(dataset.schema.names)
     found: dict[tuple[str, str, str], str | None] = {}
     for role in sorted(n for n in names if f"{n}_sha256" in names and n not in _NOT_MODELS):

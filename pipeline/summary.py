@@ -1,7 +1,8 @@
 """Summaries and plots of a run's manifest: what was made, what was scored, what failed.
 
-`summarize` reads only scalar and struct columns (never the latents) through a pyarrow dataset
-over the run's finished shards, after checking each shard's schema version. It reports every
+`RunManifest.read` opens a pyarrow dataset over the run's finished shards, after checking each
+shard's schema version, and reads only scalar and struct columns (never the latents).
+`summarize` works on that. It reports every
 column the manifest has; a score that a manifest lacks (schema 1.0) or holds only nulls (a run
 that made no edits or has not been scored) is reported as "not scored" rather than failing.
 Struct columns (the attribute scores) are flattened to `column.field`. `write_plots` draws the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +35,29 @@ FACE_DETECTED = (Col.FACE_DETECTED_SOURCE, Col.FACE_DETECTED_EDIT)
 _PARAMETERS = {Col.STRENGTH, Col.HFLD_LAMBDA}
 
 
-def summarize(run_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunManifest:
+    """A run's finished shards, each schema checked once, and their scalar columns read once,
+    so a summary, its plots and a dataset card can all be made from one pass over the files."""
+
+    run_dir: Path
+    dataset: ds.Dataset
+    schema_version: str
+    scalars: pa.Table
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunManifest:
+        dataset, version = open_manifest(run_dir)
+        return cls(Path(run_dir), dataset, version, _scalar_table(dataset))
+
+
+def summarize(manifest: RunManifest) -> dict[str, Any]:
     """A JSON-ready summary: counts, categories, rates and score distributions."""
-    dataset, version = open_manifest(run_dir)
-    table = _scalar_table(dataset)
+    dataset, table = manifest.dataset, manifest.scalars
     summary: dict[str, Any] = {
-        "run_dir": str(run_dir),
+        "run_dir": str(manifest.run_dir),
         "run_id": table.column(Col.RUN_ID)[0].as_py() if table.num_rows else None,
-        "schema_version": version,
+        "schema_version": manifest.schema_version,
         "rows": table.num_rows,
         "shards": len(dataset.files),
         "columns": dataset.schema.names,
@@ -98,16 +115,15 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_plots(run_dir: Path, *, out_dir: Path | None = None) -> list[Path]:
+def write_plots(manifest: RunManifest, *, out_dir: Path | None = None) -> list[Path]:
     """A histogram PNG per score column, and bar charts of emotions and flip rates.
 
-    Returns the paths written: none for a manifest without scores.
+    Returns the paths written: none for a manifest without scores. Default folder: RUN_DIR/plots.
     """
     from matplotlib.figure import Figure
 
-    dataset, _ = open_manifest(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / PLOTS_DIR
-    table = _scalar_table(dataset)
+    out_dir = Path(out_dir) if out_dir is not None else manifest.run_dir / PLOTS_DIR
+    table = manifest.scalars
     written = []
     for name in metric_columns(table):
         values = table.column(name).drop_null().to_numpy().astype(np.float64)

@@ -17,7 +17,7 @@ from data_schemas import COLUMNS, CURRENT_VERSION, SCHEMA_METADATA_KEY, Col, sch
 from flows.cli import app
 from pipeline.card import CARD_FILE, model_provenance, write_card
 from pipeline.errors import ManifestError
-from pipeline.summary import NOT_SCORED, summarize, write_plots
+from pipeline.summary import NOT_SCORED, RunManifest, summarize, write_plots
 from pipeline.models.assets import REGISTRY
 
 runner = CliRunner()
@@ -25,7 +25,7 @@ runner = CliRunner()
 
 def test_summary_of_a_scored_run_matches_its_rows(scored: tuple[Path, pd.DataFrame]) -> None:
     run_dir, frame = scored
-    summary = summarize(run_dir)
+    summary = summarize(RunManifest.read(run_dir))
     assert (summary["rows"], summary["shards"], summary["schema_version"]) == (len(frame), 2, CURRENT_VERSION)
     assert summary["columns"] == list(COLUMNS)
     assert summary["seeds"] == {"min": 0, "max": 39, "unique": 40}
@@ -47,14 +47,14 @@ def test_summary_of_a_scored_run_matches_its_rows(scored: tuple[Path, pd.DataFra
 
 
 def test_an_unscored_run_is_reported_as_not_scored(unscored: Path) -> None:
-    summary = summarize(unscored)
+    summary = summarize(RunManifest.read(unscored))
     assert summary["rows"] == 8 and summary["schema_version"] == CURRENT_VERSION
     for key in (Col.ATTRIBUTE, Col.EMOTION_SOURCE, "flip_rate", "failures", "metrics", "rates"):
         assert summary[key] == NOT_SCORED, key
     assert summary["generators"] == [
         {Col.GENERATOR: "dcgan:dcgan-digiface", Col.GENERATOR_SHA256: REGISTRY["dcgan-digiface"].sha256, "rows": 8}
     ]
-    assert write_plots(unscored) == []
+    assert write_plots(RunManifest.read(unscored)) == []
 
 
 def test_an_older_schema_without_score_columns_is_summarised(unscored: Path, tmp_path: Path) -> None:
@@ -66,14 +66,14 @@ def test_an_older_schema_without_score_columns_is_summarised(unscored: Path, tmp
         table = table.cast(old).replace_schema_metadata({SCHEMA_METADATA_KEY: json.dumps(record).encode()})
         (tmp_path / "manifest").mkdir(exist_ok=True)
         pq.write_table(table, tmp_path / "manifest" / path.name)
-    summary = summarize(tmp_path)
+    summary = summarize(RunManifest.read(tmp_path))
     assert summary["schema_version"] == "1.0" and summary["columns"] == old.names
     assert summary["flip_rate"] == summary["metrics"] == summary[Col.EMOTION_EDIT] == NOT_SCORED
 
 
 def test_plots_show_each_score_distribution(scored: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     run_dir, frame = scored
-    written = write_plots(run_dir, out_dir=tmp_path)
+    written = write_plots(RunManifest.read(run_dir), out_dir=tmp_path)
     names = {p.stem for p in written}
     assert {Col.IDENTITY_COSINE, Col.EMOTION_JS, Col.LANDMARK_NME, "emotions", "flip_rate_by_attribute"} <= names
     for path in written:
@@ -108,7 +108,7 @@ def test_a_foreign_parquet_file_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "manifest").mkdir()
     pq.write_table(pa.table({"x": [1]}), tmp_path / "manifest" / "shard-00000.parquet")
     with pytest.raises(ManifestError, match="shard-00000.parquet: no exprlock schema metadata"):
-        summarize(tmp_path)
+        summarize(RunManifest.read(tmp_path))
 
 
 def test_card_names_models_licences_counts_and_metrics(scored: tuple[Path, pd.DataFrame]) -> None:
@@ -132,7 +132,7 @@ def test_card_names_models_licences_counts_and_metrics(scored: tuple[Path, pd.Da
 
 def test_provenance_keeps_a_user_supplied_model_apart(scored: tuple[Path, pd.DataFrame]) -> None:
     run_dir, _ = scored
-    models = {m["name"]: m for m in model_provenance(run_dir)}
+    models = {m["name"]: m for m in model_provenance(RunManifest.read(run_dir))}
     assert models["dcgan:dcgan-digiface"]["asset"] is REGISTRY["dcgan-digiface"]
     assert models["sface"]["role"] == "identity" and models["sface"]["licence"] == REGISTRY["sface"].licence
 
