@@ -10,6 +10,7 @@ that exist only while the bytes are written.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from pipeline.models.stylegan2_checkpoints import (
     load_stylegan2,
     read_checkpoint,
 )
+from pipeline.models.stylegan2_checkpoints import _unpickle_nvidia
 from stylegan2_fixtures import (
     CHANNEL_BASE,
     CHANNEL_MAX,
@@ -377,7 +379,9 @@ def training_snapshot(
     }
 
 
-def dump_nvidia(path: Path, content: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+def dump_nvidia(
+    path: Path, content: Any, monkeypatch: pytest.MonkeyPatch, *, protocol: int = 4
+) -> Path:
     """Pickle with `torch_utils.persistence` / `dnnlib.util` stand-ins present only meanwhile."""
     stand_ins: dict[str, dict[str, Any]] = {
         "torch_utils": {},
@@ -390,7 +394,7 @@ def dump_nvidia(path: Path, content: Any, monkeypatch: pytest.MonkeyPatch) -> Pa
             module = types.ModuleType(name)
             module.__dict__.update(attrs)
             patch.setitem(sys.modules, name, module)
-        path.write_bytes(pickle.dumps(content, protocol=4))
+        path.write_bytes(pickle.dumps(content, protocol=protocol))
     assert "torch_utils.persistence" not in sys.modules  # the loader cannot lean on the stand-in
     return path
 
@@ -408,6 +412,91 @@ def test_nvidia_snapshot_renders_identically(
     assert checkpoint.config.conv_clamp == conv_clamp
     assert checkpoint.w_avg_origin == "checkpoint"
     assert_same_generator(load_stylegan2(path), generator)
+
+
+def test_every_pickle_protocol_renders_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
+) -> None:
+    # Python 3.7, which stylegan2-ada-pytorch recommends, pickles with protocol 3 by default.
+    loaded = {}
+    for protocol in (2, 3, 4, 5):
+        path = dump_nvidia(
+            tmp_path / f"protocol-{protocol}.pkl",
+            training_snapshot(generator),
+            monkeypatch,
+            protocol=protocol,
+        )
+        assert path.read_bytes()[:2] == bytes([0x80, protocol])
+        loaded[protocol] = read_checkpoint(path)
+        assert_same_generator(load_stylegan2(path), generator)
+    for protocol in (2, 3, 5):
+        assert loaded[protocol].config == loaded[4].config
+        assert loaded[protocol].tensors.keys() == loaded[4].tensors.keys()
+        for name, tensor in loaded[4].tensors.items():
+            assert torch.equal(loaded[protocol].tensors[name], tensor), (protocol, name)
+
+
+def test_numpy_attributes_decode_under_every_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
+) -> None:
+    # StyleGAN3 layers keep sizes and sampling rates as numpy arrays and scalars.
+    values = {
+        "sampling": np.array([[1.5, 2.0], [3.0, -4.25]], dtype=">f4"),
+        "sizes": np.asfortranarray(np.arange(6, dtype=np.int64).reshape(2, 3)),
+        "mask": np.array([True, False, True]),
+        "cutoff": np.float32(0.75),
+        "flag": np.bool_(True),
+    }
+    g_ema: Any = nvidia_generator(generator)
+    for name, value in values.items():
+        setattr(g_ema.synthesis.b8, name, value)
+    for protocol in (2, 3, 4, 5):
+        path = dump_nvidia(
+            tmp_path / f"p{protocol}.pkl",
+            training_snapshot(generator, g_ema),
+            monkeypatch,
+            protocol=protocol,
+        )
+        record = _unpickle_nvidia(path)["G_ema"]
+        b8 = record.state["_modules"]["synthesis"].state["_modules"]["b8"].state
+        for name, value in values.items():
+            decoded = b8[name]
+            if isinstance(value, np.ndarray):
+                assert isinstance(decoded, np.ndarray) and decoded.dtype.isnative, (protocol, name)
+                assert decoded.dtype == value.dtype.newbyteorder("=")
+                assert np.array_equal(decoded, value), (protocol, name)
+            else:
+                assert decoded == value.item() and type(decoded) is type(value.item())
+
+
+class Latin1Twin:
+    """Pickles as `_codecs.encode(text, encoding)`, the call protocol 2 uses for bytes."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (codecs.encode, ("payload", self.encoding))
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (np.array(["text", 1], dtype=object), r"unsupported numpy dtype 'O8'"),
+        (Latin1Twin("rot13"), r"_codecs.encode is allowed only to rebuild latin-1 bytes"),
+    ],
+)
+def test_allowed_globals_refuse_what_they_are_not_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator,
+    value: object, reason: str,
+) -> None:
+    g_ema: Any = nvidia_generator(generator)
+    g_ema.synthesis.b8.payload = value
+    path = dump_nvidia(
+        tmp_path / "odd.pkl", training_snapshot(generator, g_ema), monkeypatch, protocol=2
+    )
+    with pytest.raises(CheckpointError, match=rf"not a readable NVIDIA network pickle \({reason}"):
+        load_stylegan2(path)
 
 
 def test_nvidia_module_source_is_never_run(

@@ -17,8 +17,10 @@ The format is recognised from the file's content (magic bytes, then structure), 
   unpickler maps the few globals such a file needs to inert stand-ins: a persistence record becomes
   a `_Record` holding the class name and the module state (`_parameters`, `_buffers`, `_modules`,
   attributes, `_init_kwargs`); tensors are rebuilt through `torch.load(weights_only=True)`; numpy
-  scalars are decoded from their bytes. The stored source is dropped unread, and any other global
-  is refused. Only `G_ema` (the weight average used for inference) is read.
+  scalars and arrays are decoded from their bytes (numeric types only). Every pickle protocol from
+  2 to 5 is read: each global a protocol names is in an allow-list with its reason
+  (`_PICKLE_GLOBALS`). The stored source is dropped unread, and any other global is refused.
+  Only `G_ema` (the weight average used for inference) is read.
 - **safetensors**: exprlock's own format, written by `convert_checkpoint`, with the architecture
   (`StyleGAN2Config.to_dict()` as JSON) and the provenance in the header metadata.
 
@@ -37,6 +39,7 @@ and NVIDIA's `training/networks.py` / `legacy.py` / `torch_utils/persistence.py`
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
 import collections
 import hashlib
@@ -53,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -520,9 +524,9 @@ class _EasyDict(dict):  # type: ignore[type-arg]
 
 
 class _NumpyDType:
-    """Stand-in for `numpy.dtype`: keeps the type code and byte order a scalar needs.
+    """Stand-in for `numpy.dtype`: keeps the type code and byte order that decoding needs.
 
-    Pickles call it as `dtype(code, align, copy)`; the two flags do not matter for scalars.
+    Pickles call it as `dtype(code, align, copy)`; the two flags do not matter for plain numbers.
     """
 
     def __init__(self, code: str, align: bool = False, copy: bool = False) -> None:
@@ -532,19 +536,72 @@ class _NumpyDType:
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.byte_order = state[1]
 
+    def numpy(self) -> np.dtype[Any]:
+        """The real dtype, for numeric codes only (object and structured dtypes carry code)."""
+        if self.code not in _NUMPY_CODES:
+            raise pickle.UnpicklingError(f"unsupported numpy dtype {self.code!r}")
+        order = ">" if self.byte_order == ">" else "<"
+        return np.dtype(self.code).newbyteorder(order)
 
-_NUMPY_STRUCT = {"f8": "d", "f4": "f", "f2": "e", "i8": "q", "i4": "i", "i2": "h", "i1": "b",
-                 "u8": "Q", "u4": "I", "u2": "H", "u1": "B", "b1": "?"}  # fmt: skip
+
+_NUMPY_CODES = frozenset({"f8", "f4", "f2", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1"})
 
 
 def _numpy_scalar(dtype: _NumpyDType, data: bytes) -> float | int | bool:
-    """Decode a pickled numpy scalar (NVIDIA stores gains as `np.float64`) without numpy."""
-    if not isinstance(dtype, _NumpyDType) or dtype.code not in _NUMPY_STRUCT:
-        raise pickle.UnpicklingError(
-            f"unsupported numpy scalar type {getattr(dtype, 'code', dtype)!r}"
-        )
-    order = ">" if dtype.byte_order == ">" else "<"
-    return struct.unpack(order + _NUMPY_STRUCT[dtype.code], data)[0]
+    """Decode a pickled numpy scalar (NVIDIA stores gains as `np.float64`) from its bytes."""
+    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes):
+        raise pickle.UnpicklingError("malformed numpy scalar")
+    return np.frombuffer(data, dtype=dtype.numpy(), count=1)[0].item()
+
+
+def _numpy_array(dtype: Any, data: Any, shape: Any, fortran: bool) -> np.ndarray:
+    """A numeric array from its raw bytes; object arrays (pickled element by element) refused."""
+    if not isinstance(dtype, _NumpyDType):
+        raise pickle.UnpicklingError("numpy array without a dtype")
+    numeric = dtype.numpy()
+    if not isinstance(data, bytes | bytearray):
+        raise pickle.UnpicklingError("numpy array without raw data")
+    flat = np.frombuffer(bytes(data), dtype=numeric)
+    native = flat.astype(flat.dtype.newbyteorder("="))
+    return native.reshape(tuple(shape), order="F" if fortran else "C")
+
+
+class _NumpyArrayType:
+    """Stand-in for the `numpy.ndarray` class named in `_reconstruct(ndarray, ...)`."""
+
+
+class _NumpyArray:
+    """What `numpy...multiarray._reconstruct` returns: filled by `__setstate__` (protocols 2-4).
+
+    The decoded array is `value`; record attributes are unwrapped to it by `_persistent_record`.
+    """
+
+    def __init__(self) -> None:
+        self.value: np.ndarray | None = None
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("malformed numpy array state")
+        shape, dtype, fortran, data = state[-4:]
+        self.value = _numpy_array(dtype, data, shape, bool(fortran))
+
+
+def _numpy_reconstruct(subtype: Any, shape: Any, typecode: Any) -> _NumpyArray:
+    if subtype is not _NumpyArrayType:
+        raise pickle.UnpicklingError("numpy array subclass")
+    return _NumpyArray()
+
+
+def _numpy_frombuffer(data: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    """Protocol 5 writes contiguous arrays as `_frombuffer(buffer, dtype, shape, order)`."""
+    return _numpy_array(dtype, data, shape, order == "F")
+
+
+def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
+    """Protocol 2 has no bytes opcode and writes `bytes` as `_codecs.encode(text, 'latin1')`."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed only to rebuild latin-1 bytes")
+    return text.encode("latin-1")
 
 
 def _persistent_record(meta: Any) -> _Record:
@@ -554,7 +611,8 @@ def _persistent_record(meta: Any) -> _Record:
     class_name, state = meta.get("class_name"), meta.get("state")
     if not isinstance(class_name, str) or not isinstance(state, dict):
         raise pickle.UnpicklingError("persistence record without class name or state")
-    return _Record(class_name, dict(state))
+    plain = {k: v.value if isinstance(v, _NumpyArray) else v for k, v in state.items()}
+    return _Record(class_name, plain)
 
 
 def _storage_from_bytes(data: bytes) -> Any:
@@ -591,21 +649,50 @@ def _rebuild_from_type(
     return func(*args)
 
 
-_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
-    ("dnnlib.util", "EasyDict"): _EasyDict,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
-    ("torch", "Tensor"): _TensorType,
-    ("torch.nn.parameter", "Parameter"): _TensorType,
-    ("numpy", "dtype"): _NumpyDType,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-}
+@dataclass(frozen=True)
+class _Allowed:
+    """A global an NVIDIA pickle may name: what it resolves to here, and why it is needed."""
+
+    stand_in: Any
+    reason: str
+
+
+# Every global any pickle protocol from 2 to 5 uses for a network record. Protocols 2 and 3
+# (Python 3.7's default, which stylegan2-ada-pytorch recommends) have no opcodes for sets and
+# (protocol 2) bytes, so they name builtins for them; numpy 1 and numpy 2 name their modules
+# differently. Anything not listed is refused without being resolved.
+_PICKLE_GLOBALS: dict[tuple[str, str], _Allowed] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _Allowed(
+        _persistent_record, "every network module; becomes an inert record, its source unread"),
+    ("dnnlib.util", "EasyDict"): _Allowed(_EasyDict, "init kwargs and training options"),
+    ("collections", "OrderedDict"): _Allowed(
+        collections.OrderedDict, "module parameter, buffer and submodule tables"),
+    ("builtins", "set"): _Allowed(set, "`_non_persistent_buffers_set` under protocols 2-3"),
+    ("builtins", "frozenset"): _Allowed(frozenset, "frozen sets under protocols 2-3"),
+    ("_codecs", "encode"): _Allowed(_latin1_bytes, "bytes under protocol 2 (latin-1 only)"),
+    ("torch.storage", "_load_from_bytes"): _Allowed(
+        _storage_from_bytes, "tensor storage, read by a weights-only torch.load"),
+    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(_rebuild_tensor, "tensors"),
+    ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter, "parameters"),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Allowed(
+        _rebuild_parameter, "parameters with extra state"),
+    ("torch._tensor", "_rebuild_from_type_v2"): _Allowed(
+        _rebuild_from_type, "tensors pickled with their (plain) type"),
+    ("torch", "Tensor"): _Allowed(_TensorType, "the plain tensor type"),
+    ("torch.nn.parameter", "Parameter"): _Allowed(_TensorType, "the parameter type"),
+    ("numpy", "dtype"): _Allowed(_NumpyDType, "the type of numpy scalars and arrays"),
+    ("numpy", "ndarray"): _Allowed(_NumpyArrayType, "the class of pickled numpy arrays"),
+    ("numpy.core.multiarray", "scalar"): _Allowed(_numpy_scalar, "numpy scalars (numpy 1)"),
+    ("numpy._core.multiarray", "scalar"): _Allowed(_numpy_scalar, "numpy scalars (numpy 2)"),
+    ("numpy.core.multiarray", "_reconstruct"): _Allowed(
+        _numpy_reconstruct, "numpy arrays, protocols 2-4 (numpy 1)"),
+    ("numpy._core.multiarray", "_reconstruct"): _Allowed(
+        _numpy_reconstruct, "numpy arrays, protocols 2-4 (numpy 2)"),
+    ("numpy.core.numeric", "_frombuffer"): _Allowed(
+        _numpy_frombuffer, "numpy arrays, protocol 5 (numpy 1)"),
+    ("numpy._core.numeric", "_frombuffer"): _Allowed(
+        _numpy_frombuffer, "numpy arrays, protocol 5 (numpy 2)"),
+}  # fmt: skip
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -616,8 +703,11 @@ class _NvidiaUnpickler(pickle.Unpickler):
     """Resolves only the globals in `_PICKLE_GLOBALS`; everything else is refused unresolved."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 2 writes Python 2 names (`__builtin__.set`); map them as pickle itself would.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
-            return _PICKLE_GLOBALS[(module, name)]
+            return _PICKLE_GLOBALS[(module, name)].stand_in
         except KeyError:
             raise _RefusedGlobal(f"{module}.{name}") from None
 
