@@ -19,6 +19,7 @@ import torch
 
 from data_schemas import ATTRIBUTE_FIELDS, EMOTION_LABELS, Col
 from pipeline.editing.hfld import landmark_nme
+from pipeline.metrics import js_divergence
 from pipeline.models.assets import REGISTRY, file_sha256
 from pipeline.models.attributes import AdienceGenderAge, colour_attributes, head_pose
 from pipeline.models.deepface_backend import DeepFaceEmotion
@@ -77,19 +78,6 @@ class PairScores:
     emotion_js: np.ndarray  # (N,) bits, in [0, 1]
     identity_cosine: np.ndarray  # (N,)
     landmark_nme: np.ndarray  # (N,)
-
-
-def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon divergence in bits (so in [0, 1]) between rows of two distributions."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    m = (p + q) / 2
-
-    def kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        ratio = np.divide(a, b, out=np.ones_like(a), where=a > 0)
-        return np.sum(np.where(a > 0, a * np.log2(ratio), 0.0), axis=-1)
-
-    return np.clip((kl(p, m) + kl(q, m)) / 2, 0.0, 1.0)
 
 
 def five_points(landmarks: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ from skimage import data
 from data_schemas import EMOTION_LABELS
 from pipeline.models.dcgan import load_dcgan
 from pipeline.models.identity import SAME_IDENTITY_THRESHOLD
-from pipeline.scoring import ATTRIBUTE_NAMES, FaceScorer, FaceScores, compare, concat_scores, five_points, js_divergence, repeat_rows
+from pipeline.metrics import js_divergence
+from pipeline.scoring import ATTRIBUTE_NAMES, FaceScorer, FaceScores, compare, concat_scores, five_points, repeat_rows
 
 
 @pytest.fixture(scope="module")
