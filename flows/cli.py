@@ -230,17 +230,23 @@ def evaluate(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories with edits (their rows are pooled).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Folder for the report, tables, plots and contact sheets.")] = Path("docs"),
     name: Annotated[str, typer.Option(help="File-name stem of everything written.")] = "hfld-evaluation",
+    judges: Annotated[bool, typer.Option(help="Also score every face with the held-out judges (PyEmotion, dlib 68 points).")] = True,
+    draws: Annotated[int, typer.Option(min=100, help="Bootstrap resamplings of the sources behind each interval.")] = 1000,
 ) -> None:
     """Compare edit methods: success, emotion flips and divergence, landmark NME, identity.
 
-    Also the reduction in emotion change of the HFLD editor and of its refinement against the
-    base editor at equal attribute success, success/emotion trade-off plots and contact sheets.
+    Also the reduction in change of the HFLD editor and of its refinement against the base
+    editor at equal attribute success, with bootstrap 95 % intervals, under the in-pipeline
+    scorers and the held-out judges, which are used here and nowhere else; the same on sources
+    with a confident label; the judges' agreement with the pipeline's source labels;
+    success/emotion trade-off plots and contact sheets.
 
     Example: exprlock evaluate runs/experiment --out docs
     """
     from pipeline.evaluation import write_report
 
-    console.print(f"report: {write_report(run_dirs, out, name=name)}", highlight=False)
+    report = write_report(run_dirs, out, name=name, judges=judges, draws=draws)
+    console.print(f"report: {report}", highlight=False)
 
 
 @app.command()

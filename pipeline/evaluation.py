@@ -1,18 +1,23 @@
 """Comparing edit methods on a run's manifest: the table behind the HFLD claim.
 
-Every (source, edit) row already carries its scores, so the comparison is a group-by over
-attribute, strength, method and lambda: attribute success rate, emotion flip rate, mean
-Jensen-Shannon divergence of the emotion distributions, landmark NME, identity cosine and the
-rate at which a face is still detected. The paper's headline, "reduction in the change of
-emotion" of the editor with HFLD against the same editor without it, is reported at equal
-attribute success: each method's emotion change is a curve over its strengths through the
-origin (strength 0 changes nothing and reaches nothing), and the HFLD editor's curve is read at
-the success the base editor reached, so a method cannot look better by simply editing less.
+Every (source, edit) row already carries the in-pipeline scores, so the comparison is a
+group-by over attribute, strength, method and lambda: attribute success rate, emotion flip rate,
+mean Jensen-Shannon divergence of the emotion distributions, landmark NME, identity cosine and
+the rate at which a face is still detected. The held-out judges (`pipeline.judges`, used here and
+nowhere else) add their own view of the same edits: PyEmotion's emotion divergence, flip and kept
+rates and dlib's 68-point NME, raw and aligned.
+
+The paper's headline, "reduction in the change of emotion" of the editor with HFLD against the
+same editor without it, is reported at equal attribute success: each method's change is a curve
+over its strengths through the origin (strength 0 changes nothing and reaches nothing), and the
+HFLD editor's curve is read at the success the base editor reached, so a method cannot look
+better by simply editing less. Every reduction comes with a bootstrap 95 % interval: sources are
+resampled with replacement (all edits of a source move together) and the whole computation,
+success and curve included, is repeated per draw.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from data_schemas import Col
 from pipeline.manifest import read_manifest
 
 GROUP = [Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]
+RUN_DIR = "run_dir"
 METRICS = {
     "attribute_success": (Col.ATTRIBUTE_REACHED, "mean"),
     "emotion_flip_rate": (Col.EMOTION_FLIPPED, "mean"),
@@ -31,38 +37,81 @@ METRICS = {
     "face_detected_rate": (Col.FACE_DETECTED_EDIT, "mean"),
     "edits": (Col.SEED, "count"),
 }
-EMOTION_CHANGE = ("emotion_js", "emotion_flip_rate")
+JUDGE_METRICS = {
+    "judged_rate": ("judged", "mean"),
+    "pyemotion_js": ("pyemotion_js", "mean"),
+    "pyemotion_flip_rate": ("pyemotion_flipped", "mean"),
+    "pyemotion_kept_rate": ("pyemotion_kept", "mean"),
+    "dlib68_nme": ("dlib68_nme", "mean"),
+    "dlib68_nme_aligned": ("dlib68_nme_aligned", "mean"),
+}
+# Change metrics whose reduction is reported, with the scorer that measures them.
+CHANGE_METRICS = {
+    "emotion_js": "pipeline",
+    "emotion_flip_rate": "pipeline",
+    "landmark_nme": "pipeline",
+    "pyemotion_js": "pyemotion",
+    "pyemotion_flip_rate": "pyemotion",
+    "dlib68_nme": "dlib68",
+    "dlib68_nme_aligned": "dlib68",
+}
 METHOD_ORDER = ("linear", "linear_projected", "editor", "editor_hfld", "refined")
 EXTRAPOLATION_LIMIT = 0.05
+DRAWS = 1000
+CONFIDENT = 0.6
+_BOOLEAN = (Col.ATTRIBUTE_REACHED, Col.EMOTION_FLIPPED, Col.FACE_DETECTED_EDIT, "judged", "pyemotion_kept")
 
 
 def load_edits(run_dirs: list[Path]) -> pd.DataFrame:
-    """The edit rows of one or more runs (source-only rows dropped)."""
-    frames = [read_manifest(d).to_pandas() for d in run_dirs]
+    """The edit rows of one or more runs (source-only rows dropped), with their run directory."""
+    frames = [read_manifest(d).to_pandas().assign(**{RUN_DIR: str(d)}) for d in run_dirs]
     frame = pd.concat(frames, ignore_index=True)
-    return frame[frame[Col.ATTRIBUTE].notna()]
+    return frame[frame[Col.ATTRIBUTE].notna()].reset_index(drop=True)
+
+
+def attach_judges(edits: pd.DataFrame, *, cache: Path | None = None) -> pd.DataFrame:
+    """`edits` with the held-out judges' per-edit metrics and PyEmotion's source label."""
+    from pipeline.judges.scores import EDIT_COLUMNS, SOURCE_LABEL, edit_metrics, score_images, source_labels
+
+    def paths(image: str, digest: str) -> tuple[list[Path], list[str]]:
+        return [Path(d) / p for d, p in zip(edits[RUN_DIR], edits[image], strict=True)], edits[digest].tolist()
+
+    source_paths, source_digests = paths(Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256)
+    edit_paths, edit_digests = paths(Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256)
+    scores = score_images(source_paths + edit_paths, source_digests + edit_digests, cache=cache)
+    sources = scores.loc[source_digests].set_axis(edits.index)
+    metrics = edit_metrics(sources, scores.loc[edit_digests].set_axis(edits.index))
+    labels = source_labels(sources).rename(SOURCE_LABEL)
+    return pd.concat([edits.drop(columns=[*EDIT_COLUMNS, SOURCE_LABEL], errors="ignore"), metrics, labels], axis=1)
+
+
+def _numeric(edits: pd.DataFrame) -> pd.DataFrame:
+    present = [c for c in _BOOLEAN if c in edits]
+    return edits.assign(**{c: edits[c].astype(float) for c in present})
+
+
+def _metrics_of(edits: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    return METRICS | {name: spec for name, spec in JUDGE_METRICS.items() if spec[0] in edits}
 
 
 def summarise(edits: pd.DataFrame) -> pd.DataFrame:
     """One row per (attribute, strength, method, lambda) with the comparison metrics."""
-    table = edits.assign(**{c: edits[c].astype(float) for c in (Col.ATTRIBUTE_REACHED, Col.EMOTION_FLIPPED, Col.FACE_DETECTED_EDIT)})
-    summary = table.groupby(GROUP, dropna=False).agg(**METRICS).reset_index()
+    summary = _numeric(edits).groupby(GROUP, dropna=False).agg(**_metrics_of(edits)).reset_index()
     order = summary[Col.EDITOR].map({m: i for i, m in enumerate(METHOD_ORDER)})
     return summary.assign(_order=order).sort_values([Col.ATTRIBUTE, Col.STRENGTH, "_order", Col.HFLD_LAMBDA]).drop(columns="_order").reset_index(drop=True)
 
 
-def change_at_success(summary: pd.DataFrame, *, attribute: str, editor: str, hfld_lambda: float, success: float, metric: str) -> float:
-    """A method's emotion change read off its (success, change) curve at a given success.
+def _curve_value(successes: np.ndarray, changes: np.ndarray, success: float) -> float:
+    """A change read off the curve through (0, 0) and the measured (success, change) points.
 
-    The curve runs through (0, 0) and the measured strengths in order of success. Past the
-    largest success measured it is extended along its last segment by at most
+    Past the largest success measured the curve is extended along its last segment by at most
     `EXTRAPOLATION_LIMIT` of success; further out the value is NaN.
     """
-    rows = summary[
-        (summary[Col.ATTRIBUTE] == attribute) & (summary[Col.EDITOR] == editor) & np.isclose(summary[Col.HFLD_LAMBDA], hfld_lambda)
-    ].sort_values("attribute_success")
-    xs = np.concatenate([[0.0], rows["attribute_success"].to_numpy()])
-    ys = np.concatenate([[0.0], rows[metric].to_numpy()])
+    order = np.argsort(successes, kind="stable")
+    xs = np.concatenate([[0.0], successes[order]])
+    ys = np.concatenate([[0.0], changes[order]])
+    if np.isnan(success) or np.isnan(xs).any() or np.isnan(ys).any():
+        return float("nan")
     if success <= xs[-1]:
         return float(np.interp(success, xs, ys))
     if success - xs[-1] > EXTRAPOLATION_LIMIT + 1e-9 or xs[-1] == xs[-2]:
@@ -71,37 +120,113 @@ def change_at_success(summary: pd.DataFrame, *, attribute: str, editor: str, hfl
     return float(ys[-1] + slope * (success - xs[-1]))
 
 
-def reductions(summary: pd.DataFrame, *, base: str = "editor", ours: str = "editor_hfld") -> pd.DataFrame:
-    """Per attribute, strength and lambda: (base - ours) / base of each emotion-change metric,
-    with `ours` read at the attribute success `base` reached at that strength."""
+def change_at_success(summary: pd.DataFrame, *, attribute: str, editor: str, hfld_lambda: float, success: float, metric: str) -> float:
+    """A method's change (`metric`) read off its success/change curve at a given success."""
+    rows = summary[
+        (summary[Col.ATTRIBUTE] == attribute) & (summary[Col.EDITOR] == editor) & np.isclose(summary[Col.HFLD_LAMBDA], hfld_lambda)
+    ]
+    return _curve_value(rows["attribute_success"].to_numpy(float), rows[metric].to_numpy(float), success)
+
+
+def _bootstrap_means(edits: pd.DataFrame, groups: pd.DataFrame, columns: dict[str, str], *, draws: int, seed: int) -> dict[str, np.ndarray]:
+    """Per metric, `(draws + 1, groups)` means: row 0 on all sources, then one row per draw.
+
+    A draw resamples sources with replacement; its mean is the weighted mean over the edits
+    that are not NaN, each weighted by how often its source was drawn.
+    """
+    numeric = _numeric(edits)
+    source_ids, sources = pd.factorize(numeric[Col.RUN_ID].astype(str) + "/" + numeric[Col.SEED].astype(str))
+    keys = pd.MultiIndex.from_frame(groups[GROUP])
+    group_ids = keys.get_indexer(pd.MultiIndex.from_frame(numeric[GROUP]))
+    rng = np.random.default_rng(seed)
+    weights = np.vstack([np.ones(len(sources)), rng.multinomial(len(sources), np.full(len(sources), 1 / len(sources)), size=draws)])
+    means = {}
+    for name, column in columns.items():
+        values = numeric[column].to_numpy(float)
+        valid = ~np.isnan(values)
+        sums = np.zeros((len(groups), len(sources)))
+        counts = np.zeros((len(groups), len(sources)))
+        np.add.at(sums, (group_ids[valid], source_ids[valid]), values[valid])
+        np.add.at(counts, (group_ids[valid], source_ids[valid]), 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[name] = (weights @ sums.T) / (weights @ counts.T)
+    return means
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5 and 97.5 percentiles of the finite draws; NaN when under half are finite."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < len(values) / 2:
+        return float("nan"), float("nan")
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def reductions(
+    edits: pd.DataFrame, *, base: str = "editor", ours: str = "editor_hfld", draws: int = DRAWS, seed: int = 0
+) -> pd.DataFrame:
+    """(base - ours) / base of every change metric, `ours` read at the success `base` reached.
+
+    One row per attribute, strength, lambda of `ours` and metric, with the scorer that measured
+    it, the base method's value (`base`), ours at the same success (`matched`), the reduction and
+    its bootstrap 95 % interval (`low`, `high`).
+    """
+    summary = summarise(edits)
+    metrics = {name: _metrics_of(edits)[name][0] for name in ("attribute_success", *CHANGE_METRICS) if name in summary}
+    means = _bootstrap_means(edits, summary, metrics, draws=draws, seed=seed)
+    success = means["attribute_success"]
     records = []
-    base_rows = summary[summary[Col.EDITOR] == base]
-    ours_rows = summary[summary[Col.EDITOR] == ours]
-    for _, row in base_rows.iterrows():
-        for hfld_lambda in sorted(ours_rows.loc[ours_rows[Col.ATTRIBUTE] == row[Col.ATTRIBUTE], Col.HFLD_LAMBDA].unique()):
-            record = {
-                Col.ATTRIBUTE: row[Col.ATTRIBUTE],
-                Col.STRENGTH: row[Col.STRENGTH],
-                Col.EDITOR: ours,
-                Col.HFLD_LAMBDA: hfld_lambda,
-                "attribute_success": row["attribute_success"],
-            }
-            for metric in EMOTION_CHANGE:
-                matched = change_at_success(
-                    summary, attribute=row[Col.ATTRIBUTE], editor=ours, hfld_lambda=hfld_lambda,
-                    success=row["attribute_success"], metric=metric,
-                )
-                record[f"{metric}_{base}"] = row[metric]
-                record[f"{metric}_matched"] = matched
-                record[f"{metric}_reduction"] = (row[metric] - matched) / row[metric] if row[metric] > 0 else float("nan")
-            records.append(record)
+    for b in np.flatnonzero(summary[Col.EDITOR].to_numpy() == base):
+        attribute = summary.at[b, Col.ATTRIBUTE]
+        same = (summary[Col.ATTRIBUTE] == attribute) & (summary[Col.EDITOR] == ours)
+        for hfld_lambda in sorted(summary.loc[same, Col.HFLD_LAMBDA].unique()):
+            curve = np.flatnonzero(same & np.isclose(summary[Col.HFLD_LAMBDA], hfld_lambda))
+            for metric in (m for m in CHANGE_METRICS if m in metrics):
+                change = means[metric]
+                matched = np.array([_curve_value(success[d, curve], change[d, curve], success[d, b]) for d in range(len(change))])
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    reduced = np.where(change[:, b] > 0, (change[:, b] - matched) / change[:, b], np.nan)
+                low, high = _interval(reduced[1:])
+                records.append({
+                    Col.ATTRIBUTE: attribute, Col.STRENGTH: summary.at[b, Col.STRENGTH], Col.EDITOR: ours,
+                    Col.HFLD_LAMBDA: hfld_lambda, "scorer": CHANGE_METRICS[metric], "metric": metric,
+                    "attribute_success": success[0, b], "base": change[0, b], "matched": matched[0],
+                    "reduction": reduced[0], "low": low, "high": high,
+                })
     return pd.DataFrame.from_records(records)
 
 
-def hfld_reductions(summary: pd.DataFrame) -> pd.DataFrame:
-    """`reductions` of the HFLD editor and of its refinement, whichever the summary holds."""
-    parts = [reductions(summary, ours=method) for method in ("editor_hfld", "refined") if (summary[Col.EDITOR] == method).any()]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+def hfld_reductions(edits: pd.DataFrame, *, draws: int = DRAWS) -> pd.DataFrame:
+    """`reductions` of the HFLD editor and of its refinement, whichever the edits hold."""
+    methods = [m for m in ("editor_hfld", "refined") if (edits[Col.EDITOR] == m).any()]
+    if "editor" not in set(edits[Col.EDITOR]) or not methods:
+        return pd.DataFrame()
+    return pd.concat([reductions(edits, ours=m, draws=draws) for m in methods], ignore_index=True)
+
+
+def confident_sources(edits: pd.DataFrame, threshold: float = CONFIDENT) -> pd.DataFrame:
+    """Edits whose source's emotion label is confident: its top probability at least `threshold`."""
+    top = edits[Col.EMOTION_PROBS_SOURCE].map(lambda p: float(np.max(p)) if p is not None else float("nan"))
+    return edits[top >= threshold]
+
+
+def label_agreement(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -> pd.DataFrame:
+    """How often PyEmotion names the pipeline's label of a source, overall and per label.
+
+    Over the distinct sources the judge found a face in, with bootstrap 95 % intervals.
+    """
+    from pipeline.judges.scores import SOURCE_LABEL
+
+    sources = edits.drop_duplicates([Col.RUN_ID, Col.SEED])
+    sources = sources[sources[SOURCE_LABEL].notna()]
+    rng = np.random.default_rng(seed)
+    records = []
+    for label, part in [("all", sources), *sorted(sources.groupby(Col.EMOTION_SOURCE))]:
+        agree = (part[Col.EMOTION_SOURCE] == part[SOURCE_LABEL]).to_numpy(float)
+        draws_of = agree[rng.integers(0, len(agree), size=(draws, len(agree)))].mean(axis=1)
+        low, high = _interval(draws_of)
+        records.append({"pipeline_label": label, "sources": len(part), "judge": "pyemotion", "agreement": agree.mean(), "low": low, "high": high})
+    return pd.DataFrame.from_records(records)
 
 
 def markdown_table(frame: pd.DataFrame, *, digits: int = 3) -> str:
@@ -117,7 +242,7 @@ def markdown_table(frame: pd.DataFrame, *, digits: int = 3) -> str:
     return "\n".join([header, rule, *body])
 
 
-def contact_sheet_cells(edits: pd.DataFrame, run_dirs: list[Path], *, attribute: str, strength: float, sources: int) -> tuple[list[list[np.ndarray]], list[str]]:
+def contact_sheet_cells(edits: pd.DataFrame, *, attribute: str, strength: float, sources: int) -> tuple[list[list[np.ndarray]], list[str]]:
     """For a few sources: the source, then its edit by every method, side by side."""
     from pipeline.images import read_png
 
@@ -127,7 +252,7 @@ def contact_sheet_cells(edits: pd.DataFrame, run_dirs: list[Path], *, attribute:
     rows = []
     for seed in sorted(chosen[Col.SEED].unique())[:sources]:
         of_seed = chosen[chosen[Col.SEED] == seed]
-        run_dir = _run_dir_of(run_dirs, of_seed.iloc[0])
+        run_dir = Path(of_seed.iloc[0][RUN_DIR])
         row = [read_png(run_dir / of_seed.iloc[0][Col.IMAGE_SOURCE])]
         for method, hfld_lambda in methods:
             match = of_seed[(of_seed[Col.EDITOR] == method) & np.isclose(of_seed[Col.HFLD_LAMBDA], hfld_lambda)]
@@ -137,14 +262,6 @@ def contact_sheet_cells(edits: pd.DataFrame, run_dirs: list[Path], *, attribute:
         if len(row) == len(labels):
             rows.append(row)
     return rows, labels
-
-
-def _run_dir_of(run_dirs: list[Path], row: pd.Series) -> Path:
-    for run_dir in run_dirs:
-        if (Path(run_dir) / row[Col.IMAGE_SOURCE]).is_file() and (Path(run_dir) / "config.json").is_file():
-            if json.loads((Path(run_dir) / "config.json").read_text())["run_id"] == row[Col.RUN_ID]:
-                return Path(run_dir)
-    raise FileNotFoundError(f"no run directory holds run {row[Col.RUN_ID]}")
 
 
 def plot_tradeoff(summary: pd.DataFrame, path: Path, *, attribute: str, metric: str = "emotion_js") -> Path:
@@ -173,40 +290,87 @@ def plot_tradeoff(summary: pd.DataFrame, path: Path, *, attribute: str, metric: 
     return path
 
 
-def write_report(run_dirs: list[Path], out: Path, *, name: str = "hfld-evaluation", sheet_strength: float | None = None) -> Path:
-    """Tables (Markdown and CSV), trade-off plots and a contact sheet for one or more runs."""
+def write_report(
+    run_dirs: list[Path],
+    out: Path,
+    *,
+    name: str = "hfld-evaluation",
+    sheet_strength: float | None = None,
+    judges: bool = True,
+    draws: int = DRAWS,
+) -> Path:
+    """Tables (Markdown and CSV), trade-off plots and a contact sheet for one or more runs.
+
+    With `judges`, every source and edit is also scored by the held-out judges (their scores
+    are cached by image digest under the exprlock home), and their view is reported beside the
+    pipeline's: per-method metrics, reductions with intervals, and agreement on source labels.
+    """
     from pipeline.images import encode_png, labelled_grid, write_atomic
+    from pipeline.models.assets import exprlock_home
 
     out = Path(out)
     edits = load_edits([Path(d) for d in run_dirs])
+    if judges:
+        edits = attach_judges(edits, cache=exprlock_home() / "judges" / "scores.parquet")
     summary = summarise(edits)
-    reduced = hfld_reductions(summary)
+    reduced = hfld_reductions(edits, draws=draws)
+    confident = confident_sources(edits)
+    reduced_confident = hfld_reductions(confident, draws=draws) if len(confident) else pd.DataFrame()
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / f"{name}.csv", index=False)
     reduced.to_csv(out / f"{name}-reductions.csv", index=False)
+    pipeline_columns = [*GROUP, *METRICS]
     lines = [
         f"# {name}",
         "",
         f"Runs: {', '.join(str(d) for d in run_dirs)}; {edits[Col.SEED].nunique()} sources, {len(edits)} edits.",
         "Written by `exprlock evaluate`; see `pipeline/evaluation.py` for the definitions.",
         "",
-        "## Methods compared",
+        "## Methods compared (in-pipeline scorers)",
         "",
-        markdown_table(summary),
-        "",
-        "## Reduction in emotion change against the editor without HFLD, at equal attribute success",
-        "",
-        "Each row reads the method (`editor`: the HFLD editor or its refinement) at the attribute success",
-        "the editor without HFLD reached, along its success/change curve over the strengths.",
-        "",
-        markdown_table(reduced),
+        markdown_table(summary[pipeline_columns]),
         "",
     ]
+    if judges:
+        lines += [
+            "## Methods compared (held-out judges)",
+            "",
+            "PyEmotion (emotion) and dlib's 68 points (landmarks, NME over the 51 inner points by the",
+            "outer-eye-corner distance, raw and similarity-aligned) never enter a loss, a label or a",
+            "choice. `judged_rate`: share of edits where the judges found both faces; the other metrics",
+            "are over those, except `pyemotion_kept_rate`, which counts a lost face as not kept.",
+            "",
+            markdown_table(summary[[*GROUP, *(c for c in JUDGE_METRICS if c in summary)]]),
+            "",
+        ]
+    lines += [
+        "## Reduction in change against the editor without HFLD, at equal attribute success",
+        "",
+        "Each row reads the method (the HFLD editor or its refinement) at the attribute success the",
+        "editor without HFLD reached, along its success/change curve over the strengths.",
+        f"`low`/`high`: bootstrap 95 % interval over {draws} resamplings of the sources.",
+        "",
+        markdown_table(reduced) if len(reduced) else "No base editor and HFLD method to compare.",
+        "",
+        f"### The same on sources with a confident label (top emotion probability at least {CONFIDENT:g})",
+        "",
+        f"{confident[Col.SEED].nunique()} of {edits[Col.SEED].nunique()} sources.",
+        "",
+        markdown_table(reduced_confident) if len(reduced_confident) else "Too few sources to compare.",
+        "",
+    ]
+    if judges:
+        lines += [
+            "## Agreement of the held-out emotion judge with the pipeline's source label",
+            "",
+            markdown_table(label_agreement(edits, draws=draws)),
+            "",
+        ]
     for attribute in sorted(edits[Col.ATTRIBUTE].unique()):
         plot = plot_tradeoff(summary, out / f"{name}-{attribute}.png", attribute=attribute)
         lines += [f"![{attribute}]({plot.name})", ""]
         strength = sheet_strength if sheet_strength is not None else float(edits[Col.STRENGTH].max())
-        cells, labels = contact_sheet_cells(edits, [Path(d) for d in run_dirs], attribute=attribute, strength=strength, sources=6)
+        cells, labels = contact_sheet_cells(edits, attribute=attribute, strength=strength, sources=6)
         if cells:
             sheet = out / f"{name}-{attribute}-sheet.png"
             write_atomic(encode_png(labelled_grid(cells, labels)), sheet)

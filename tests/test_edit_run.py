@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -89,6 +90,12 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     report = (tmp_path / "report" / "hfld-evaluation.md").read_text()
     assert f"| hair_lightness | 4.000 | editor_hfld | {config.edits.hfld_lambdas[0]:.3f} |" in report
     assert (tmp_path / "report" / "hfld-evaluation-hair_lightness-sheet.png").is_file()
+    # The held-out judges scored every source and edit, and their reductions carry intervals.
+    assert "## Methods compared (held-out judges)" in report
+    assert "## Agreement of the held-out emotion judge" in report
+    reduced = pd.read_csv(tmp_path / "report" / "hfld-evaluation-reductions.csv")
+    assert {"pipeline", "pyemotion", "dlib68"} <= set(reduced["scorer"])
+    assert {"base", "matched", "reduction", "low", "high"} <= set(reduced.columns)
 
 
 @pytest.mark.slow

