@@ -19,7 +19,7 @@ import json
 
 import pyarrow as pa
 
-CURRENT_VERSION = "1.1"
+CURRENT_VERSION = "1.2"
 SCHEMA_METADATA_KEY = b"exprlock"
 
 
@@ -62,6 +62,18 @@ class Col:
     FACE_SCORE_SOURCE = "face_score_source"
     FACE_SCORE_EDIT = "face_score_edit"
     MODELS = "models"
+    EMOTION_PROBS_FER_SOURCE = "emotion_probs_fer_source"
+    EMOTION_PROBS_FER_EDIT = "emotion_probs_fer_edit"
+    EMOTION_PROBS_FACEAPI_SOURCE = "emotion_probs_faceapi_source"
+    EMOTION_PROBS_FACEAPI_EDIT = "emotion_probs_faceapi_edit"
+    EMOTION_CONFIDENCE_SOURCE = "emotion_confidence_source"
+    EMOTION_CONFIDENCE_EDIT = "emotion_confidence_edit"
+    EMOTION_AGREEMENT_SOURCE = "emotion_agreement_source"
+    EMOTION_AGREEMENT_EDIT = "emotion_agreement_edit"
+    SEED_ORIGINAL = "seed_original"
+    EXPRESSION_TARGET = "expression_target"
+    EXPRESSION_STEPS = "expression_steps"
+    EXPRESSION_REJECTED = "expression_rejected"
 
 
 EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -145,7 +157,34 @@ _FIELDS_V1_1 = _FIELDS_V1 + (
     _field(Col.MODELS, pa.list_(_MODEL_RECORD), "Models behind the scores: role, asset name, SHA-256, licence", nullable=True),
 )
 
-_SCHEMAS = {"1.0": _FIELDS_V1, "1.1": _FIELDS_V1_1}
+# 1.2: the emotion columns of 1.1 now describe the ensemble; the members' outputs are added.
+_ENSEMBLE_MEANING = {
+    Col.EMOTION_SOURCE: "Top emotion of the source face by the emotion ensemble",
+    Col.EMOTION_EDIT: "Top emotion of the edited face by the emotion ensemble",
+    Col.EMOTION_PROBS_SOURCE: "Ensemble emotion probabilities of the source (mean of the models), EMOTION_LABELS order",
+    Col.EMOTION_PROBS_EDIT: "Ensemble emotion probabilities of the edit (mean of the models), EMOTION_LABELS order",
+    Col.EMOTION_FLIPPED: "The ensemble's top emotion of the edit differs from the source's",
+    Col.EMOTION_JS: "Jensen-Shannon divergence of the two ensemble distributions, bits, 0-1",
+}
+_FIELDS_V1_2 = tuple(
+    _field(f.name, f.type, _ENSEMBLE_MEANING[f.name], nullable=f.nullable) if f.name in _ENSEMBLE_MEANING else f
+    for f in _FIELDS_V1_1
+) + (
+    _field(Col.EMOTION_PROBS_FER_SOURCE, _PROBS, "FER2013 model's emotion probabilities of the source", nullable=True),
+    _field(Col.EMOTION_PROBS_FER_EDIT, _PROBS, "FER2013 model's emotion probabilities of the edit", nullable=True),
+    _field(Col.EMOTION_PROBS_FACEAPI_SOURCE, _PROBS, "face-api.js expression probabilities of the source, EMOTION_LABELS order", nullable=True),
+    _field(Col.EMOTION_PROBS_FACEAPI_EDIT, _PROBS, "face-api.js expression probabilities of the edit, EMOTION_LABELS order", nullable=True),
+    _field(Col.EMOTION_CONFIDENCE_SOURCE, pa.float32(), "The ensemble's top probability for the source, 0-1", nullable=True),
+    _field(Col.EMOTION_CONFIDENCE_EDIT, pa.float32(), "The ensemble's top probability for the edit, 0-1", nullable=True),
+    _field(Col.EMOTION_AGREEMENT_SOURCE, pa.bool_(), "Every ensemble model names the same top emotion for the source", nullable=True),
+    _field(Col.EMOTION_AGREEMENT_EDIT, pa.bool_(), "Every ensemble model names the same top emotion for the edit", nullable=True),
+    _field(Col.SEED_ORIGINAL, pa.int64(), "With target expressions: the source slot's own seed, replaced by `seed` when rejected", nullable=True),
+    _field(Col.EXPRESSION_TARGET, pa.string(), "With target expressions: the expression the source was steered to", nullable=True),
+    _field(Col.EXPRESSION_STEPS, pa.int32(), "With target expressions: steps along the target's direction (0: shown already)", nullable=True),
+    _field(Col.EXPRESSION_REJECTED, pa.int32(), "With target expressions: candidate seeds rejected before this one", nullable=True),
+)
+
+_SCHEMAS = {"1.0": _FIELDS_V1, "1.1": _FIELDS_V1_1, "1.2": _FIELDS_V1_2}
 COLUMNS = tuple(field.name for field in _SCHEMAS[CURRENT_VERSION])
 
 

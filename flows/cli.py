@@ -249,6 +249,35 @@ def evaluate(
     console.print(f"report: {report}", highlight=False)
 
 
+@app.command("label-report")
+@_clean_errors
+def label_report(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run config with target expressions, e.g. configs/labels.yaml.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Folder for the report, tables and contact sheets.")] = Path("docs"),
+    runs: Annotated[Path, typer.Option(help="Folder for the two runs the report is made from.")] = Path("runs"),
+    name: Annotated[str, typer.Option(help="File-name stem of everything written.")] = "labels",
+) -> None:
+    """How far a held-out judge agrees with exprlock's expression labels, free and targeted.
+
+    Runs discovery where missing, probes which expressions the generator can be steered to,
+    makes a run with free expressions and one with the config's target expressions, has
+    PyEmotion (held out: used here and in `evaluate` only) judge every source face, and writes
+    agreement per label with bootstrap intervals, acceptance rates and contact sheets.
+    Every step resumes.
+
+    Example: exprlock label-report --config configs/labels.yaml --out docs
+    """
+    from pipeline.config import load_config
+    from pipeline.label_report import write_label_report
+    from pipeline.models.assets import exprlock_home
+    from pipeline.models.factory import resolve_device
+
+    resolved = load_config(config)
+    cache = exprlock_home() / "judges" / "scores.parquet"
+    report = write_label_report(resolved, out, runs=runs, name=name, device=str(resolve_device(resolved.device)), cache=cache)
+    console.print(f"report: {report}", highlight=False)
+
+
 @app.command()
 @_clean_errors
 def convert(

@@ -46,6 +46,7 @@ def write_card(run_dir: Path) -> Path:
         _config_section(record),
         _models_section(models),
         _counts_section(summary),
+        _expressions_section(summary, record),
         _metrics_section(summary),
         _plots_section(run_dir, plots),
         _limitations_section(summary, models, record),
@@ -133,6 +134,32 @@ def _counts_section(summary: dict[str, Any]) -> str:
     shown = NOT_SCORED if failures == NOT_SCORED else ", ".join(f"{k}: {v}" for k, v in failures.items())
     lines.append(f"- **failures**: {shown}")
     return "\n".join(lines)
+
+
+def _expressions_section(summary: dict[str, Any], record: dict[str, Any]) -> str:
+    """Per target expression: what was asked for, what was written, at what acceptance rate."""
+    yields = summary["expressions"]
+    if yields == NOT_SCORED:
+        return "## Target expressions\n\nNone requested: faces show the expressions the generator sampled."
+    sources = record.get("config", {}).get("sources", {})
+    rows = [
+        "## Target expressions",
+        "",
+        f"Each source was steered to its target and kept only when the emotion ensemble named the target "
+        f"with its models agreeing and confidence at least {sources.get('min_confidence', 'n/a')}; rejected "
+        "candidates were replaced by the slot's next seed.",
+        "",
+        "| expression | share asked | faces | candidates tried | acceptance rate | mean steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    shares = sources.get("expressions", {})
+    total = sum(shares.values()) or 1.0
+    for label, y in yields.items():
+        share = f"{shares[label] / total:.3f}" if label in shares else "n/a"
+        rows.append(
+            f"| {label} | {share} | {y['faces']} | {y['candidates']} | {y['acceptance_rate']:.3f} | {y['mean_steps']:.2f} |"
+        )
+    return "\n".join(rows)
 
 
 def _metrics_section(summary: dict[str, Any]) -> str:

@@ -19,6 +19,11 @@ from pipeline.errors import ConfigError
 
 # Fields that change neither images nor scores; excluded from the run id.
 _EXECUTION_FIELDS = {"device", "batch_size"}
+# Settings of target expressions; left out of the run id of a run without targets, so runs
+# made before they existed keep their id.
+_EXPRESSION_FIELDS = ("expressions", "min_confidence", "expression_steps", "expression_step", "max_candidates")
+
+EmotionLabel = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
 class _Strict(BaseModel):
@@ -31,6 +36,21 @@ class SourcesConfig(_Strict):
     count: StrictInt = Field(64, ge=1, le=10_000_000, description="number of source faces")
     first_seed: StrictInt = Field(0, ge=0, lt=2**62, description="seed of the first face; seeds are consecutive")
     shard_size: StrictInt = Field(64, ge=1, le=100_000, description="seeds per shard (one Parquet file each)")
+    expressions: dict[EmotionLabel, float] = Field(
+        default_factory=dict,
+        description="target expressions and their shares, e.g. {happy: 0.5, neutral: 0.5}; empty: faces as sampled",
+    )
+    min_confidence: float = Field(0.6, ge=0.0, le=1.0, description="ensemble confidence a target face needs")
+    expression_steps: StrictInt = Field(8, ge=0, le=1000, description="steps along the target's direction per candidate")
+    expression_step: float = Field(0.5, gt=0.0, le=100.0, description="latent units per step")
+    max_candidates: StrictInt = Field(50, ge=1, le=100_000, description="seeds tried per source before its shard fails")
+
+    @model_validator(mode="after")
+    def _shares_positive(self) -> SourcesConfig:
+        bad = {label: share for label, share in self.expressions.items() if not 0 < share < float("inf")}
+        if bad:
+            raise ValueError(f"sources.expressions: shares must be positive numbers, got {bad}")
+        return self
 
 
 class GeneratorConfig(_Strict):
@@ -66,7 +86,7 @@ class DiscoveryConfig(_Strict):
     first_seed: StrictInt = Field(10_000_000, ge=0, lt=2**62, description="seeds kept apart from the sources'")
     shard_size: StrictInt = Field(1_000, ge=1, description="samples per resumable shard")
     confident_fraction: float = Field(0.3, gt=0, le=0.5, description="top and bottom share used to fit each direction")
-    project_out: list[Literal["happy", "surprise", "sad", "angry", "neutral", "fear", "disgust"]] = Field(
+    project_out: list[EmotionLabel] = Field(
         default_factory=lambda: ["happy", "surprise"],
         description="emotion directions removed by conditional projection (linear_projected)",
     )
@@ -134,6 +154,8 @@ class RunConfig(_Strict):
             raise ValueError("generator.kind: the ffhq profile uses a StyleGAN2 generator")
         if self.edits.attributes and not self.scoring.enabled:
             raise ValueError("scoring.enabled: edits need scores (each edit's direction follows its source's score)")
+        if self.sources.expressions and not self.scoring.enabled:
+            raise ValueError("scoring.enabled: target expressions need the emotion ensemble's scores")
         return self
 
     @property
@@ -155,6 +177,9 @@ class RunConfig(_Strict):
     @property
     def run_id(self) -> str:
         identity = self.model_dump(mode="json", exclude=_EXECUTION_FIELDS)
+        if not self.sources.expressions:
+            for name in _EXPRESSION_FIELDS:
+                del identity["sources"][name]
         identity["generator"]["kind"] = self.generator_kind
         identity["scoring"].update(emotion=self.emotion_backend, identity=self.identity_backend)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -76,13 +76,18 @@ def build_filter(
     face_detected: bool | None = None,
     identity_range: tuple[float, float] | None = None,
     attributes: Sequence[str] | None = None,
+    min_confidence: float | None = None,
+    emotion_agreement: bool | None = None,
 ) -> ds.Expression | None:
     """One pyarrow expression for the requested filters; None when none is requested.
 
     `emotion_kept`: True keeps rows whose dominant emotion did not flip. `face_detected`: True
     keeps rows with a face found in every image the row has. `identity_range`: inclusive bounds
-    on the identity cosine. `attributes`: keep these edited attributes. A filter on a column
-    the manifest lacks, or holds only nulls in, is refused: it would silently select nothing.
+    on the identity cosine. `attributes`: keep these edited attributes. `min_confidence`: keep
+    rows whose source label the emotion ensemble gives at least this probability.
+    `emotion_agreement`: True keeps rows whose source label every ensemble model names. A filter
+    on a column the manifest lacks, or holds only nulls in (a run scored before schema 1.2), is
+    refused: it would silently select nothing.
     """
 
     def need(name: str, option: str) -> ds.Expression:
@@ -113,6 +118,12 @@ def build_filter(
         parts.append((field >= low) & (field <= high))
     if attributes is not None:
         parts.append(need(Col.ATTRIBUTE, "attributes").isin(list(attributes)))
+    if min_confidence is not None:
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ConfigError(f"min_confidence: expected a probability in [0, 1], got {min_confidence}")
+        parts.append(need(Col.EMOTION_CONFIDENCE_SOURCE, "min_confidence") >= min_confidence)
+    if emotion_agreement is not None:
+        parts.append(need(Col.EMOTION_AGREEMENT_SOURCE, "emotion_agreement") == emotion_agreement)
     if not parts:
         return None
     expression = parts[0]
@@ -123,6 +134,9 @@ def build_filter(
 
 class ManifestDataset(Dataset):
     """Images and labels of a run, filtered and split by source seed.
+
+    The filters are those of `build_filter`; `min_confidence=0.6, emotion_agreement=True`
+    keeps faces whose expression label the ensemble vouches for.
 
     Each item is `(image, labels)`: the image a float32 tensor (3, H, W) in [0, 1] (or what
     `transform` makes of it), the labels a dict of the `labels` columns plus `seed`, with
@@ -147,6 +161,8 @@ class ManifestDataset(Dataset):
         face_detected: bool | None = None,
         identity_range: tuple[float, float] | None = None,
         attributes: Sequence[str] | None = None,
+        min_confidence: float | None = None,
+        emotion_agreement: bool | None = None,
         transform: Callable[[torch.Tensor], Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -170,6 +186,8 @@ class ManifestDataset(Dataset):
             face_detected=face_detected,
             identity_range=identity_range,
             attributes=attributes,
+            min_confidence=min_confidence,
+            emotion_agreement=emotion_agreement,
         )
         if image == "edit":
             present = ds.field(self.image_column).is_valid()
@@ -202,6 +220,24 @@ class ManifestDataset(Dataset):
     def seeds(self) -> set[int]:
         """The source seeds this dataset holds."""
         return set(self.table.column(Col.SEED).to_pylist())
+
+
+def hf_label_filters(*, min_confidence: float | None = None, emotion_agreement: bool | None = None) -> list[tuple[str, str, Any]] | None:
+    """The same label filters for Hugging Face `datasets`, as its Parquet loader's `filters`.
+
+    Example (offline, nothing is downloaded):
+        >>> from datasets import load_dataset  # doctest: +SKIP
+        >>> load_dataset("parquet", data_files="runs/demo/manifest/*.parquet", split="train",
+        ...              filters=hf_label_filters(min_confidence=0.6, emotion_agreement=True))  # doctest: +SKIP
+    """
+    filters: list[tuple[str, str, Any]] = []
+    if min_confidence is not None:
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ConfigError(f"min_confidence: expected a probability in [0, 1], got {min_confidence}")
+        filters.append((Col.EMOTION_CONFIDENCE_SOURCE, ">=", min_confidence))
+    if emotion_agreement is not None:
+        filters.append((Col.EMOTION_AGREEMENT_SOURCE, "==", emotion_agreement))
+    return filters or None
 
 
 def _encode_labels(row: dict[str, Any]) -> dict[str, Any]:

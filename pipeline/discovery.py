@@ -45,6 +45,8 @@ ATTRIBUTE_SCORES = {
     "yaw": "yaw",
 }
 REPORT_FILE = "discovery.json"
+# Version of the samples files: 2 holds the emotion ensemble's probabilities (1 held one model's).
+SAMPLES_FORMAT = 2
 CLASSIFIER_FILE = "latent_classifier.safetensors"
 
 
@@ -59,7 +61,7 @@ class Samples:
 
     seeds: np.ndarray  # (N,) int64
     latents: np.ndarray  # (N, *latent_shape) float32
-    emotion_probs: np.ndarray  # (N, 7)
+    emotion_probs: np.ndarray  # (N, 7), the emotion ensemble's
     attributes: np.ndarray  # (N, len(ATTRIBUTE_NAMES))
 
     def score(self, attribute: str) -> np.ndarray:
@@ -118,13 +120,20 @@ def collect_samples_on_disk(config: RunConfig) -> Samples:
 
 def write_samples(samples: Samples, path: Path) -> Path:
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: getattr(samples, name) for name in Samples.__dataclass_fields__})
+    np.savez(buffer, format=SAMPLES_FORMAT, **{name: getattr(samples, name) for name in Samples.__dataclass_fields__})
     write_atomic(buffer.getvalue(), path)
     return path
 
 
 def read_samples(path: Path) -> Samples:
+    """One samples file; a file of an older format is refused, so old and new scores never mix."""
     with np.load(path) as data:
+        found = int(data["format"]) if "format" in data.files else 1
+        if found != SAMPLES_FORMAT:
+            raise ConfigError(
+                f"{path}: discovery samples of format {found}, scored before the emotion ensemble "
+                f"(format {SAMPLES_FORMAT}); delete {path.parent} and rerun `exprlock discover`"
+            )
         return Samples(**{name: data[name] for name in Samples.__dataclass_fields__})
 
 

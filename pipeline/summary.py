@@ -72,7 +72,33 @@ def summarize(manifest: RunManifest) -> dict[str, Any]:
     summary["rates"] = {k: v for k, v in rates.items() if v != NOT_SCORED} or NOT_SCORED
     summary["failures"] = _failures(table)
     summary["metrics"] = {name: _describe(table.column(name)) for name in metric_columns(table)} or NOT_SCORED
+    summary["expressions"] = expression_yield(table)
     return summary
+
+
+def expression_yield(table: pa.Table) -> dict[str, dict[str, float | int]] | str:
+    """Per target expression: faces written, candidates tried, acceptance rate, mean steps.
+
+    Counted over distinct sources (a source's edit rows repeat its steering columns). A
+    candidate is a seed tried for a slot; the acceptance rate is faces / candidates.
+    """
+    if not _scored(table, Col.EXPRESSION_TARGET):
+        return NOT_SCORED
+    columns = [Col.SEED, Col.EXPRESSION_TARGET, Col.EXPRESSION_STEPS, Col.EXPRESSION_REJECTED]
+    sources = table.select(columns).group_by(columns).aggregate([])
+    result = {}
+    for row in sources.group_by(Col.EXPRESSION_TARGET).aggregate(
+        [([], "count_all"), (Col.EXPRESSION_REJECTED, "sum"), (Col.EXPRESSION_STEPS, "mean")]
+    ).to_pylist():
+        faces, rejected = row["count_all"], row[f"{Col.EXPRESSION_REJECTED}_sum"]
+        result[row[Col.EXPRESSION_TARGET]] = {
+            "faces": faces,
+            "candidates": faces + rejected,
+            "acceptance_rate": round(faces / (faces + rejected), 6),
+            "mean_steps": round(row[f"{Col.EXPRESSION_STEPS}_mean"], 3),
+        }
+    order = {label: i for i, label in enumerate(EMOTION_LABELS)}
+    return dict(sorted(result.items(), key=lambda item: order.get(item[0], len(order))))
 
 
 def metric_columns(table: pa.Table) -> list[str]:
@@ -103,6 +129,12 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if summary["flip_rate_by_attribute"] != NOT_SCORED:
         lines.append(f"{'  by attribute':<16}{_inline(summary['flip_rate_by_attribute'])}")
     lines.append(f"{'failures':<16}{_inline(summary['failures'])}")
+    if summary["expressions"] != NOT_SCORED:
+        for label, y in summary["expressions"].items():
+            lines.append(
+                f"{'target ' + label:<16}{y['faces']} faces from {y['candidates']} candidates "
+                f"(acceptance {y['acceptance_rate']:.2f}, mean steps {y['mean_steps']:.2f})"
+            )
     if summary["metrics"] == NOT_SCORED:
         lines.append(f"{'metrics':<16}{NOT_SCORED}")
         return lines

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data_schemas import COLUMNS, EMOTION_LABELS, Col
-from pipeline.dataset import SPLITS, ManifestDataset, assign_splits, seed_unit
+from pipeline.dataset import SPLITS, ManifestDataset, assign_splits, hf_label_filters, seed_unit
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.images import read_png
 
@@ -132,3 +132,34 @@ def test_an_unscored_run_loads_source_images_and_refuses_score_filters(unscored:
         ManifestDataset(unscored, emotion_kept=True)
     with pytest.raises(ManifestError, match="labels: columns \\['nope'\\]"):
         ManifestDataset(unscored, labels=["nope"])
+
+
+def test_label_filters_keep_what_the_ensemble_vouches_for(scored: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datasets import load_dataset
+
+    run_dir, frame = scored
+    wanted = frame[(frame[Col.EMOTION_CONFIDENCE_SOURCE] >= 0.5) & frame[Col.EMOTION_AGREEMENT_SOURCE]]
+    assert 0 < len(wanted) < len(frame) / 2
+    dataset = ManifestDataset(run_dir, min_confidence=0.5, emotion_agreement=True, labels=[Col.EMOTION_SOURCE])
+    assert len(dataset) == len(wanted) and dataset.seeds == set(wanted[Col.SEED])
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    hugging = load_dataset(
+        "parquet",
+        data_files=str(run_dir / "manifest" / "*.parquet"),
+        split="train",
+        cache_dir=str(tmp_path / "hf-cache"),
+        filters=hf_label_filters(min_confidence=0.5, emotion_agreement=True),
+    )
+    assert sorted(hugging[Col.SEED]) == sorted(wanted[Col.SEED])
+    assert hf_label_filters() is None
+    with pytest.raises(ConfigError, match=r"min_confidence: expected a probability in \[0, 1\], got 1.5"):
+        ManifestDataset(run_dir, min_confidence=1.5)
+    with pytest.raises(ConfigError, match=r"min_confidence: expected a probability"):
+        hf_label_filters(min_confidence=-0.1)
+
+
+def test_label_filters_on_an_unscored_run_are_refused(unscored: Path) -> None:
+    with pytest.raises(ManifestError, match=r"filter min_confidence: column 'emotion_confidence_source' is not scored"):
+        ManifestDataset(unscored, min_confidence=0.6)
+    with pytest.raises(ManifestError, match=r"filter emotion_agreement: column 'emotion_agreement_source' is not scored"):
+        ManifestDataset(unscored, emotion_agreement=True)

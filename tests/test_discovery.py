@@ -101,3 +101,15 @@ def test_missing_samples_and_report_name_the_command(setup: tuple) -> None:
         collect_samples_on_disk(config)
     with pytest.raises(ConfigError, match="no discovery results; run `exprlock discover"):
         read_report(Path(config.edits.directory))
+
+
+def test_samples_scored_before_the_emotion_ensemble_are_refused(setup: tuple) -> None:
+    config, generator, scorer = setup
+    for index in range(len(sample_shard_plan(config))):
+        ensure_sample_shard(config, index, generator, scorer)
+    path = sample_shard_plan(config)[1][0]
+    with np.load(path) as data:
+        older = {name: data[name] for name in data.files if name != "format"}
+    np.savez(path, **older)  # as written before samples carried a format
+    with pytest.raises(ConfigError, match=rf"{path}: discovery samples of format 1, scored before the emotion ensemble.*delete {path.parent} and rerun `exprlock discover`"):
+        collect_samples_on_disk(config)

@@ -12,9 +12,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "flows", "data_schemas")
 JUDGES = "pipeline.judges"
-EVALUATION = "pipeline.evaluation"
+# The evaluation stage: the only modules that may use the judges.
+EVALUATION = {"pipeline.evaluation", "pipeline.label_report"}
 # The command line dispatches every command, `evaluate` among them, so it may import evaluation.
-EVALUATION_IMPORTERS = {"flows.cli"}
+EVALUATION_IMPORTERS = {"flows.cli", "pipeline.label_report"}
 # The in-pipeline models the judges must not lean on: they judge these models' work.
 PIPELINE_SCORERS = {
     "pipeline.scoring",
@@ -70,23 +71,23 @@ def is_judge(module: str) -> bool:
 
 def test_the_graph_sees_lazy_imports() -> None:
     graph = import_graph()
-    assert EVALUATION in graph["flows.cli"]  # imported inside the `evaluate` command
-    assert "pipeline.judges.scores" in graph[EVALUATION]  # imported inside `attach_judges`
+    assert "pipeline.evaluation" in graph["flows.cli"]  # imported inside the `evaluate` command
+    assert "pipeline.judges.scores" in graph["pipeline.evaluation"]  # imported inside `attach_judges`
     assert {"pipeline.judges.dlib68", "pipeline.judges.pyemotion"} <= graph["pipeline.judges.scores"]
 
 
 def test_only_evaluation_reaches_the_judges() -> None:
     graph = import_graph()
     for module in graph:
-        if is_judge(module) or module == EVALUATION:
+        if is_judge(module) or module in EVALUATION:
             continue
-        leaks = {m for m in reachable(graph, module, avoiding={EVALUATION}) if is_judge(m)}
+        leaks = {m for m in reachable(graph, module, avoiding=EVALUATION) if is_judge(m)}
         assert not leaks, f"{module} reaches the held-out judges {sorted(leaks)} without going through evaluation"
 
 
 def test_evaluation_is_imported_by_the_evaluate_command_only() -> None:
     graph = import_graph()
-    importers = {module for module, targets in graph.items() if EVALUATION in targets}
+    importers = {module for module, targets in graph.items() if targets & EVALUATION}
     assert importers <= EVALUATION_IMPORTERS
 
 

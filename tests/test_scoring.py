@@ -10,11 +10,22 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from skimage import data
 
-from data_schemas import EMOTION_LABELS
+from data_schemas import EMOTION_LABELS, Col
 from pipeline.models.dcgan import load_dcgan
 from pipeline.models.identity import SAME_IDENTITY_THRESHOLD
 from pipeline.metrics import js_divergence
-from pipeline.scoring import ATTRIBUTE_NAMES, FaceScorer, FaceScores, compare, concat_scores, five_points, repeat_rows
+from pipeline.scoring import (
+    ATTRIBUTE_NAMES,
+    EMOTION_MODELS,
+    FaceScorer,
+    FaceScores,
+    compare,
+    concat_scores,
+    expression_boxes,
+    five_points,
+    repeat_rows,
+    source_score_columns,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +115,29 @@ def test_repeat_rows_lines_sources_up_with_their_edits(scorer: FaceScorer, faces
     assert len(ATTRIBUTE_NAMES) == scores.attributes.shape[1]
 
 
+def test_the_ensemble_labels_with_confidence_and_agreement(scorer: FaceScorer, faces: torch.Tensor) -> None:
+    from pipeline.models.face_expression import FaceExpressionClassifier
+
+    scores = scorer.score(faces)
+    members = scores.emotion_model_probs
+    assert members.shape == (len(faces), len(EMOTION_MODELS), len(EMOTION_LABELS))
+    with torch.no_grad():
+        landmarks, _ = scorer.landmarker(faces)
+        faceapi = FaceExpressionClassifier()(faces, expression_boxes(landmarks)).softmax(dim=1).numpy()
+    np.testing.assert_allclose(members[:, EMOTION_MODELS.index("faceapi")], faceapi, atol=1e-5)
+    np.testing.assert_allclose(scores.emotion_probs, members.mean(axis=1), atol=1e-7)
+    np.testing.assert_allclose(scores.emotion_confidence, scores.emotion_probs.max(axis=1))
+    tops = members.argmax(axis=2)
+    np.testing.assert_array_equal(scores.emotion_agreement, tops[:, 0] == tops[:, 1])
+    assert [EMOTION_LABELS[i] for i in scores.emotion_probs.argmax(1)] == scores.emotion
+    columns = source_score_columns(scores, scorer.provenance())
+    np.testing.assert_allclose(np.stack(columns[Col.EMOTION_PROBS_FACEAPI_SOURCE]), members[:, 1])
+    assert columns[Col.EMOTION_AGREEMENT_SOURCE] == scores.emotion_agreement.tolist()
+    astronaut = scorer.score(_astronaut_face())
+    assert astronaut.emotion_agreement.tolist() == [True] and astronaut.emotion_confidence[0] > 0.6
+    assert {r["role"] for r in scorer.provenance()} >= {"emotion", "emotion_faceapi"}
+
+
 def test_full_size_backends_replace_the_native_models(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, faces: torch.Tensor
 ) -> None:
@@ -127,7 +161,7 @@ def test_full_size_backends_replace_the_native_models(
     scorer = FaceScorer(attributes=False, emotion="deepface", identity="insightface")
     scores = scorer.score(faces)
     expected_probs = DeepFaceEmotion().probabilities(to_uint8(faces)).numpy()
-    np.testing.assert_allclose(scores.emotion_probs, expected_probs, atol=1e-5)
+    np.testing.assert_allclose(scores.emotion_model_probs[:, EMOTION_MODELS.index("fer")], expected_probs, atol=1e-5)
     landmarks, _ = scorer.landmarker(faces)
     crops = to_uint8(align_faces(faces, five_points(landmarks)))
     np.testing.assert_allclose(scores.embeddings, ArcFaceIdentity().embed(crops), atol=1e-5)

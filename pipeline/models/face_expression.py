@@ -36,7 +36,7 @@ from torch import nn
 
 from pipeline.errors import CheckpointError, ImageError
 from pipeline.models.assets import asset_path
-from pipeline.models.emotion import LABELS
+from pipeline.models.emotion import LABELS, crop_resize
 
 FACE_API_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
 # For each FER2013 label, the index of the same expression among face-api's outputs.
@@ -192,8 +192,10 @@ class FaceExpressionClassifier(nn.Module):
     """Seven expression classes in FER2013's order (`LABELS`) from RGB faces, face-api's way.
 
     Same interface as `EmotionClassifier`: `forward` takes RGB `(N, 3, H, W)` in [-1, 1] and
-    returns logits (differentiable, frozen weights); `probabilities` scores uint8 images. A face
-    that is not square is zero-padded to a square around its centre first, as face-api does.
+    optional face boxes, and returns logits (differentiable, frozen weights); `probabilities`
+    scores uint8 images. face-api classifies the crop of its face detector's box, so give boxes
+    where the face does not fill the image. Without boxes, a face that is not square is
+    zero-padded to a square around its centre, as face-api does, then resized.
     """
 
     def __init__(self, weights: Path | None = None, manifest: Path | None = None) -> None:
@@ -205,11 +207,18 @@ class FaceExpressionClassifier(nn.Module):
     def device(self) -> torch.device:
         return self.net.mean_rgb.device
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """RGB `(N, 3, H, W)` in [-1, 1] to the network input, `(N, 3, 112, 112)` in 0-255."""
+    def preprocess(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """RGB `(N, 3, H, W)` in [-1, 1] to the network input, `(N, 3, 112, 112)` in 0-255.
+
+        `boxes` `(N, 4)` crops each face box `(x0, y0, x1, y1)` in pixels first (`crop_resize`).
+        """
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ImageError(f"images: expected float RGB (N, 3, H, W) in [-1, 1], got {images.dtype} of shape {tuple(images.shape)}")
         pixels = (images + 1) * 127.5
+        if boxes is not None:
+            if tuple(boxes.shape) != (images.shape[0], 4):
+                raise ImageError(f"boxes: expected shape ({images.shape[0]}, 4) as (x0, y0, x1, y1), got {tuple(boxes.shape)}")
+            return crop_resize(pixels, boxes, INPUT_SIZE)
         height, width = pixels.shape[2:]
         if height != width:
             extra = abs(height - width)
@@ -219,12 +228,13 @@ class FaceExpressionClassifier(nn.Module):
         side = pixels.shape[2]
         return pixels if side == INPUT_SIZE else resize_like_tfjs(pixels, INPUT_SIZE)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.preprocess(images))[:, self.to_fer]
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `(N, 7)` in FER2013's label order."""
+        return self.net(self.preprocess(images, boxes))[:, self.to_fer]
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Class probabilities `(N, 7)` (float32, CPU) for uint8 RGB faces `(N, H, W, 3)`."""
+        """Class probabilities `(N, 7)` (float32, CPU) for whole uint8 RGB faces `(N, H, W, 3)`."""
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ImageError(f"images: expected uint8 RGB (N, H, W, 3), got {images.dtype} of shape {tuple(images.shape)}")
