@@ -47,13 +47,11 @@ def free_config(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"sources": sources.model_copy(update={"expressions": {}, "first_seed": first})})
 
 
-def probe_config(config: RunConfig, label: str) -> RunConfig:
-    """`PROBE_SLOTS` sources all aiming at `label`, on seeds of neither run."""
+def probe_config(config: RunConfig, label: str, *, slots: int = PROBE_SLOTS, candidates: int = PROBE_CANDIDATES) -> RunConfig:
+    """`slots` sources all aiming at `label`, on seeds of neither run."""
     sources = config.sources
-    first = sources.first_seed + 2 * sources.count * sources.max_candidates + EMOTION_LABELS.index(label) * PROBE_SLOTS * PROBE_CANDIDATES
-    probe = sources.model_copy(
-        update={"count": PROBE_SLOTS, "first_seed": first, "expressions": {label: 1.0}, "max_candidates": PROBE_CANDIDATES}
-    )
+    first = sources.first_seed + 2 * sources.count * sources.max_candidates + EMOTION_LABELS.index(label) * slots * candidates
+    probe = sources.model_copy(update={"count": slots, "first_seed": first, "expressions": {label: 1.0}, "max_candidates": candidates})
     return config.model_copy(update={"sources": probe})
 
 
@@ -67,24 +65,24 @@ def ensure_discovery(config: RunConfig, generator: FaceGenerator, scorer: FaceSc
     discover(config, collect_samples_on_disk(config), provenance={"generator": config.generator_kind})
 
 
-def reachability(config: RunConfig, generator: FaceGenerator, scorer: FaceScorer) -> pd.DataFrame:
+def reachability(
+    config: RunConfig, generator: FaceGenerator, scorer: FaceScorer, *, slots: int = PROBE_SLOTS, candidates: int = PROBE_CANDIDATES
+) -> pd.DataFrame:
     """Per expression: probe sources that reached it, and the steps and candidates it took."""
     records = []
     for label in EMOTION_LABELS:
-        probe = probe_config(config, label)
+        probe = probe_config(config, label, slots=slots, candidates=candidates)
         direction = load_direction(
             Path(config.edits.directory) / "directions" / f"{emotion_name(label)}.safetensors",
             latent_shape=generator.latent_shape,
         )
-        steered = steer_sources(
-            probe, generator, scorer.emotions, {label: direction}, range(PROBE_SLOTS), [label] * PROBE_SLOTS, strict=False
-        )
+        steered = steer_sources(probe, generator, scorer.emotions, {label: direction}, range(slots), [label] * slots, strict=False)
         reached = len(steered.slots)
         records.append({
             "expression": label,
-            "probe_sources": PROBE_SLOTS,
+            "probe_sources": slots,
             "reached": reached,
-            "reached_rate": reached / PROBE_SLOTS,
+            "reached_rate": reached / slots,
             "mean_steps": float(np.mean(steered.steps)) if reached else float("nan"),
             "mean_rejected": float(np.mean(steered.rejected)) if reached else float("nan"),
         })
@@ -125,13 +123,21 @@ def class_sheets(run_dir: Path, sources: pd.DataFrame, out: Path, name: str) -> 
 
 
 def write_label_report(
-    config: RunConfig, out: Path, *, runs: Path, name: str = "labels", device: str = "cpu", cache: Path | None = None
+    config: RunConfig,
+    out: Path,
+    *,
+    runs: Path,
+    name: str = "labels",
+    device: str = "cpu",
+    cache: Path | None = None,
+    probe_slots: int = PROBE_SLOTS,
+    probe_candidates: int = PROBE_CANDIDATES,
 ) -> Path:
     """Make the runs behind the report, judge them and write `out/<name>.md` (and CSVs)."""
     generator, _, _ = load_generator(config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, device)
     scorer = load_scorer(*config.scorer_settings(device))
     ensure_discovery(config, generator, scorer)
-    reach = reachability(config, generator, scorer)
+    reach = reachability(config, generator, scorer, slots=probe_slots, candidates=probe_candidates)
     free_dir = make_run(free_config(config), runs / f"{name}-free")
     target_dir = make_run(config, runs / f"{name}-targets")
     free = judged_sources(free_dir, cache=cache)
@@ -164,7 +170,7 @@ def write_label_report(
         "",
         "## Which expressions the generator can be steered to",
         "",
-        f"{PROBE_SLOTS} probe sources per expression, each with up to {PROBE_CANDIDATES} candidate seeds and "
+        f"{probe_slots} probe sources per expression, each with up to {probe_candidates} candidate seeds and "
         f"{config.sources.expression_steps} steps of {config.sources.expression_step:g} along the expression's "
         "discovered direction; `reached`: probe sources that got a face the ensemble accepts.",
         "",

@@ -132,6 +132,9 @@ def test_w_plus_editing_runs_unchanged_on_a_stylegan2_checkpoint(tmp_path: Path)
         moved = edited - source
         assert not torch.allclose(moved[0, 0], moved[0, -1]), "a per-layer editor moves W+ layers differently"
         rendered = generator.render(edited).numpy()[0]
-        assert (read_png(run_dir / row[Col.IMAGE_EDIT]) == rendered).all()
+        # The run rendered a batch of three; float sums in another batch shape can round a
+        # pixel the other way, never by more than one level.
+        difference = np.abs(read_png(run_dir / row[Col.IMAGE_EDIT]).astype(int) - rendered.astype(int))
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     refined = frame[frame[Col.EDITOR] == "refined"]
     assert (refined[Col.LANDMARK_NME] >= 0).all() and refined[Col.EMOTION_PROBS_EDIT].map(len).eq(7).all()

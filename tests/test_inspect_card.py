@@ -29,7 +29,7 @@ def test_summary_of_a_scored_run_matches_its_rows(scored: tuple[Path, pd.DataFra
     assert (summary["rows"], summary["shards"], summary["schema_version"]) == (len(frame), 2, CURRENT_VERSION)
     assert summary["columns"] == list(COLUMNS)
     assert summary["seeds"] == {"min": 0, "max": 39, "unique": 40}
-    assert summary["flip_rate"] == pytest.approx(frame[Col.EMOTION_FLIPPED].mean())
+    assert summary["flip_rate"] == pytest.approx(frame[Col.EMOTION_FLIPPED].mean(), abs=1e-6)
     by_attribute = frame.groupby(Col.ATTRIBUTE)[Col.EMOTION_FLIPPED].mean().to_dict()
     assert summary["flip_rate_by_attribute"] == pytest.approx(by_attribute)
     assert summary[Col.EMOTION_SOURCE] == frame[Col.EMOTION_SOURCE].value_counts().to_dict()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from data_schemas import Col
+from data_schemas import EMOTION_LABELS, Col
 from pipeline.card import write_card
 from pipeline.config import parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard
@@ -121,3 +122,35 @@ def test_a_run_writes_the_requested_counts_and_resumes_unchanged(tmp_path: Path)
         assert y["candidates"] == tried and y["acceptance_rate"] == pytest.approx(3 / tried)
     card = write_card(run_dir).read_text()
     assert "## Target expressions" in card and "| happy | 0.500 | 3 |" in card
+
+
+@pytest.mark.slow
+def test_the_label_report_judges_free_and_targeted_sources(tmp_path: Path) -> None:
+    from pipeline.label_report import free_config, write_label_report
+
+    config = parse_config({
+        "sources": {"count": 4, "shard_size": 4, "first_seed": 900, "expressions": {"happy": 1, "neutral": 1},
+                    "min_confidence": 0.5, "expression_steps": 6, "max_candidates": 40},
+        "discovery": {"samples": 400, "shard_size": 400},
+        "training": {"classifier_epochs": 2},
+        "edits": {"directory": str(tmp_path / "models")},
+        "scoring": {"attributes": False},
+        "device": "cpu",
+    })  # fmt: skip
+    free = free_config(config)
+    assert free.sources.expressions == {} and free.sources.first_seed == 900 + 4 * 40
+    report = write_label_report(config, tmp_path / "docs", runs=tmp_path / "runs", probe_slots=2, probe_candidates=2)
+    text = report.read_text()
+    for section in ("## Which expressions the generator can be steered to", "## Agreement of the held-out judge",
+                    "## Acceptance of target expressions", "## Accepted faces per target"):  # fmt: skip
+        assert section in text
+    reach = pd.read_csv(tmp_path / "docs" / "labels-reachability.csv")
+    assert reach["expression"].tolist() == list(EMOTION_LABELS) and (reach["probe_sources"] == 2).all()
+    agreement = pd.read_csv(tmp_path / "docs" / "labels-agreement.csv")
+    targeted = agreement[agreement["sources_set"] == "target-expression sources (accepted)"]
+    assert set(targeted["pipeline_label"]) <= {"all", "happy", "neutral"}
+    assert ((agreement["low"] <= agreement["agreement"]) & (agreement["agreement"] <= agreement["high"])).all()
+    assert (tmp_path / "docs" / "labels-happy.png").is_file() and (tmp_path / "docs" / "labels-neutral.png").is_file()
+    targets = read_manifest(tmp_path / "runs" / "labels-targets").to_pandas()
+    assert targets[Col.EXPRESSION_TARGET].value_counts().to_dict() == {"happy": 2, "neutral": 2}
+    assert read_manifest(tmp_path / "runs" / "labels-free").to_pandas()[Col.EXPRESSION_TARGET].isna().all()
