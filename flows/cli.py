@@ -274,7 +274,8 @@ def label_report(
 
     resolved = load_config(config)
     cache = exprlock_home() / "judges" / "scores.parquet"
-    report = write_label_report(resolved, out, runs=runs, name=name, device=str(resolve_device(resolved.device)), cache=cache)
+    device = str(resolve_device(resolved.device))
+    report = write_label_report(resolved, out, runs=runs, name=name, device=device, cache=cache, say=lambda line: console.print(line, highlight=False))
     console.print(f"report: {report}", highlight=False)
 
 

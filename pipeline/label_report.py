@@ -15,6 +15,7 @@ resumable:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +90,13 @@ def reachability(
     return pd.DataFrame.from_records(records)
 
 
-def make_run(config: RunConfig, run_dir: Path) -> Path:
+def make_run(config: RunConfig, run_dir: Path, *, say: Callable[[str], None] = lambda _: None) -> Path:
     """Every shard of a run (finished ones kept), its contact sheet and card."""
     prepare_run(config, run_dir)
-    for index in range(len(plan_shards(config))):
-        generate_shard(config, run_dir, index)
+    total = len(plan_shards(config))
+    for index in range(total):
+        result = generate_shard(config, run_dir, index)
+        say(f"{run_dir}: shard {index + 1}/{total} {'kept' if result.skipped else 'written'}")
     write_contact_sheet(run_dir)
     write_card(run_dir)
     return run_dir
@@ -132,14 +135,21 @@ def write_label_report(
     cache: Path | None = None,
     probe_slots: int = PROBE_SLOTS,
     probe_candidates: int = PROBE_CANDIDATES,
+    say: Callable[[str], None] = lambda _: None,
 ) -> Path:
-    """Make the runs behind the report, judge them and write `out/<name>.md` (and CSVs)."""
+    """Make the runs behind the report, judge them and write `out/<name>.md` (and CSVs).
+
+    `say` receives one line per finished step, for progress.
+    """
     generator, _, _ = load_generator(config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, device)
     scorer = load_scorer(*config.scorer_settings(device))
     ensure_discovery(config, generator, scorer)
+    say(f"discovery: {config.edits.directory}")
     reach = reachability(config, generator, scorer, slots=probe_slots, candidates=probe_candidates)
-    free_dir = make_run(free_config(config), runs / f"{name}-free")
-    target_dir = make_run(config, runs / f"{name}-targets")
+    say("reachability: " + ", ".join(f"{r.expression} {r.reached}/{r.probe_sources}" for r in reach.itertuples()))
+    free_dir = make_run(free_config(config), runs / f"{name}-free", say=say)
+    target_dir = make_run(config, runs / f"{name}-targets", say=say)
+    say("judging the source faces")
     free = judged_sources(free_dir, cache=cache)
     targets = judged_sources(target_dir, cache=cache)
     out.mkdir(parents=True, exist_ok=True)
