@@ -38,10 +38,11 @@ METRICS = {
     "edits": (Col.SEED, "count"),
 }
 JUDGE_METRICS = {
-    "judged_rate": ("judged", "mean"),
+    "pyemotion_judged_rate": ("pyemotion_judged", "mean"),
     "pyemotion_js": ("pyemotion_js", "mean"),
     "pyemotion_flip_rate": ("pyemotion_flipped", "mean"),
     "pyemotion_kept_rate": ("pyemotion_kept", "mean"),
+    "dlib68_judged_rate": ("dlib68_judged", "mean"),
     "dlib68_nme": ("dlib68_nme", "mean"),
     "dlib68_nme_aligned": ("dlib68_nme_aligned", "mean"),
 }
@@ -59,7 +60,7 @@ METHOD_ORDER = ("linear", "linear_projected", "editor", "editor_hfld", "refined"
 EXTRAPOLATION_LIMIT = 0.05
 DRAWS = 1000
 CONFIDENT = 0.6
-_BOOLEAN = (Col.ATTRIBUTE_REACHED, Col.EMOTION_FLIPPED, Col.FACE_DETECTED_EDIT, "judged", "pyemotion_kept")
+_BOOLEAN = (Col.ATTRIBUTE_REACHED, Col.EMOTION_FLIPPED, Col.FACE_DETECTED_EDIT, "pyemotion_judged", "pyemotion_kept", "dlib68_judged")
 
 
 def load_edits(run_dirs: list[Path]) -> pd.DataFrame:
@@ -341,10 +342,11 @@ def write_report(
         lines += [
             "## Methods compared (held-out judges)",
             "",
-            "PyEmotion (emotion) and dlib's 68 points (landmarks, NME over the 51 inner points by the",
-            "outer-eye-corner distance, raw and similarity-aligned) never enter a loss, a label or a",
-            "choice. `judged_rate`: share of edits where the judges found both faces; the other metrics",
-            "are over those, except `pyemotion_kept_rate`, which counts a lost face as not kept.",
+            "PyEmotion (emotion, on MTCNN's face) and dlib's 68 points (landmarks on dlib's HOG face, NME",
+            "over the 51 inner points by the outer-eye-corner distance, raw and similarity-aligned) never",
+            "enter a loss, a label or a choice. `*_judged_rate`: share of edits where the judge found both",
+            "faces; its other metrics are over those, except `pyemotion_kept_rate`, which counts a lost",
+            "face as not kept.",
             "",
             markdown_table(summary[[*GROUP, *(c for c in JUDGE_METRICS if c in summary)]]),
             "",

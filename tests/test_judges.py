@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline.judges import scores as judge_scores
 from pipeline.judges.dlib68 import DlibJudge, landmark_nme, similarity_align
+from pipeline.judges.mtcnn import MTCNN
 from pipeline.judges.pyemotion import LABELS, PyEmotionJudge, face_crops, load_pyemotion
 from pipeline.metrics import js_divergence
 from pipeline.models.assets import asset_path
@@ -55,6 +56,28 @@ def reference_network() -> torch.nn.Module:
     network = module.NetworkV2(in_c=1, nl=32, out_f=7)
     network.load_state_dict(torch.load(asset_path("pyemotion"), map_location="cpu", weights_only=True)["network"])
     return network.eval()
+
+
+def test_mtcnn_matches_facenet_pytorch_own_cascade(tmp_path: Path, astronaut: np.ndarray) -> None:
+    from reference_mtcnn import reference_mtcnn
+
+    reference = reference_mtcnn(tmp_path)
+    generator = load_dcgan()
+    images = [astronaut, *generator.render(generator.sample_latents(range(24))).numpy()]
+    detector = MTCNN()
+    found = 0
+    for image in images:
+        boxes, scores = reference.detect(image)
+        ours = detector(image[None])[0]
+        if boxes is None:
+            assert len(ours) == 0
+            continue
+        found += 1
+        np.testing.assert_allclose(ours[:, :4], np.asarray(boxes, dtype=np.float64), rtol=0, atol=1e-3)
+        np.testing.assert_allclose(ours[:, 4], np.asarray(scores, dtype=np.float64), rtol=0, atol=1e-5)
+    assert found >= 20  # most demo faces are found, so the comparison covers all three stages
+    astronaut_box = detector(astronaut[None])[0][0, :4]
+    np.testing.assert_allclose(astronaut_box, ASTRONAUT_FACE, atol=1.0)  # the box the test set names
 
 
 def test_pyemotion_port_matches_pyemotion_own_network(dlib_judge: DlibJudge, generated: np.ndarray, astronaut: np.ndarray) -> None:
@@ -153,7 +176,7 @@ def test_similarity_alignment_and_nme() -> None:
 def _scored(probs: list[list[float]] | None, found: bool) -> dict:
     p = np.asarray(probs, dtype=np.float64) if found else np.full(7, np.nan)
     points = np.random.default_rng(int(found)).uniform(0, 64, size=(68, 2)) if found else np.full((68, 2), np.nan)
-    return {"face_found": found, "pyemotion_probs": p, "landmarks": points}
+    return {"emotion_face": found, "pyemotion_probs": p, "landmark_face": found, "landmarks": points}
 
 
 def test_edit_metrics_count_a_lost_face_as_not_kept() -> None:
@@ -161,7 +184,8 @@ def test_edit_metrics_count_a_lost_face_as_not_kept() -> None:
     sources = pd.DataFrame([_scored(happy, True), _scored(happy, True), _scored(happy, True)])
     edits = pd.DataFrame([_scored(happy * 0.5 + sad * 0.5 * 0.98, True), _scored(sad, True), _scored(None, False)])
     metrics = judge_scores.edit_metrics(sources, edits)
-    assert metrics["judged"].tolist() == [True, True, False]
+    assert metrics["pyemotion_judged"].tolist() == [True, True, False]
+    assert metrics["dlib68_judged"].tolist() == [True, True, False]
     assert metrics["pyemotion_flipped"].iloc[:2].tolist() == [0.0, 1.0] and np.isnan(metrics["pyemotion_flipped"].iloc[2])
     assert metrics["pyemotion_kept"].tolist() == [True, False, False]
     np.testing.assert_allclose(metrics["pyemotion_js"].iloc[1], js_divergence(happy[None], sad[None])[0])
@@ -181,9 +205,11 @@ def test_scores_are_cached_by_image_digest(tmp_path: Path, generated: np.ndarray
         raise AssertionError("a cached image was judged again")
 
     monkeypatch.setattr(judge_scores, "DlibJudge", unavailable)
+    monkeypatch.setattr(judge_scores, "MTCNN", unavailable)
     again = judge_scores.score_images(paths, digests, cache=cache)
     for digest in digests:
-        assert again.at[digest, "face_found"] == first.at[digest, "face_found"]
+        assert again.at[digest, "emotion_face"] == first.at[digest, "emotion_face"]
+        assert again.at[digest, "landmark_face"] == first.at[digest, "landmark_face"]
         np.testing.assert_array_equal(again.at[digest, "pyemotion_probs"], first.at[digest, "pyemotion_probs"])
         np.testing.assert_array_equal(again.at[digest, "landmarks"], first.at[digest, "landmarks"])
     # Scores made with other judge weights are not reused.

@@ -5,10 +5,10 @@ classes with four reflection-padded 3x3 convolutions (32, 64, 128, 256 channels,
 with stride 2), each followed by batch normalisation and ReLU, then a 9216-256-7 perceptron.
 It shares no weights, architecture or face crop with the pipeline's mini-Xception.
 
-The authors' crop is kept: the face box (theirs from MTCNN, here from the dlib judge's HOG
-detector, since facenet-pytorch's MTCNN does not import without torchvision), cut from the
-grey image (OpenCV's BT.601 luma) at integer corners, resized to 48x48 by PIL's bilinear filter
-(what torchvision's `Resize` does to a PIL image), scaled to [-1, 1]. Their network ends in a
+The authors' crop is kept: the box of facenet-pytorch's MTCNN (`pipeline.judges.mtcnn`, the
+largest face), cut from the grey image (OpenCV's BT.601 luma) at rounded corners, resized to
+48x48 by PIL's bilinear filter (what torchvision's `Resize` does to a PIL image), scaled to
+[-1, 1]. (Their code hands MTCNN OpenCV's BGR frame; MTCNN expects RGB and gets RGB here.) Their network ends in a
 sigmoid and ranks those outputs; probabilities here are the softmax of the logits before it,
 so they sum to 1 and compare with the pipeline's distributions (same argmax).
 Weights: asset `pyemotion`, `PyEmotion/model/main_model.pkl` (a torch state dict under
