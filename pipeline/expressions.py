@@ -7,8 +7,10 @@ so every shard holds a mix). A slot's candidates are the seeds `first_seed + slo
 first candidate is the seed the slot would have without targets and no two slots ever share a
 seed. Each candidate is moved along the discovered direction of its target emotion, one
 `sources.expression_step` at a time for up to `sources.expression_steps` steps, and the first
-face the emotion ensemble labels with the target, with its models agreeing and confidence at
-least `sources.min_confidence`, is accepted. A candidate that never gets there is rejected and
+image that the face detector still finds a face in and that the emotion ensemble labels with
+the target, with its models agreeing and confidence at least `sources.min_confidence`, is
+accepted. (Far along some directions the generator stops drawing faces, and an emotion model
+asked about a non-face still answers.) A candidate that never gets there is rejected and
 the slot's next seed is tried, up to `sources.max_candidates`; a slot that runs out fails its
 shard with a message naming the expression, rather than writing a face whose label is not the
 one asked for. Everything depends on the slot alone, so a shard re-made after a crash is
@@ -77,16 +79,17 @@ class SteeredSources:
     failed: list[int]  # slots with no accepted candidate (only when not `strict`)
 
 
-EmotionScorer = Callable[[torch.Tensor], np.ndarray]
-"""Images `(N, 3, H, W)` in [-1, 1] to each ensemble model's probabilities `(N, M, 7)`."""
+ExpressionScorer = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
+"""Images `(N, 3, H, W)` in [-1, 1] to each ensemble model's probabilities `(N, M, 7)` and
+whether a face is found in each `(N,)` (`FaceScorer.expressions`)."""
 
 
-def accepted_step(model_probs: np.ndarray, target: str, min_confidence: float) -> int | None:
-    """The first step (row of `model_probs`, `(steps + 1, M, 7)`) labelled `target` with
-    agreeing models and confidence at least `min_confidence`; None when no step is."""
+def accepted_step(model_probs: np.ndarray, face_found: np.ndarray, target: str, min_confidence: float) -> int | None:
+    """The first step (row of `model_probs`, `(steps + 1, M, 7)`) that shows a face labelled
+    `target` with agreeing models and confidence at least `min_confidence`; None when none."""
     probs = ensemble_probs(model_probs)
     index = EMOTION_LABELS.index(target)
-    ok = (probs.argmax(axis=1) == index) & emotion_agreement(model_probs) & (probs[:, index] >= min_confidence)
+    ok = face_found & (probs.argmax(axis=1) == index) & emotion_agreement(model_probs) & (probs[:, index] >= min_confidence)
     hits = np.flatnonzero(ok)
     return int(hits[0]) if len(hits) else None
 
@@ -94,7 +97,7 @@ def accepted_step(model_probs: np.ndarray, target: str, min_confidence: float) -
 def steer_sources(
     config: RunConfig,
     generator: FaceGenerator,
-    emotions: EmotionScorer,
+    expressions: ExpressionScorer,
     directions: dict[str, Direction],
     slots: Sequence[int],
     targets: Sequence[str],
@@ -119,11 +122,12 @@ def steer_sources(
             directions[target].edit(latents[i : i + 1].expand(len(offsets), *latents.shape[1:]), offsets.to(latents.device))
             for i, (_, target) in enumerate(pending)
         ])
-        scored = _in_batches(emotions, generator, paths, config.batch_size)
+        scored, detected = _in_batches(expressions, generator, paths, config.batch_size)
         probs = scored.reshape(len(pending), len(offsets), *scored.shape[1:])
+        faces = detected.reshape(len(pending), len(offsets))
         still = []
         for i, (slot, target) in enumerate(pending):
-            step = accepted_step(probs[i], target, settings.min_confidence)
+            step = accepted_step(probs[i], faces[i], target, settings.min_confidence)
             if step is not None:
                 found[slot] = (seeds[i], paths[i * len(offsets) + step], step, attempt[slot])
                 continue
@@ -152,9 +156,13 @@ def steer_sources(
     )
 
 
-def _in_batches(emotions: EmotionScorer, generator: FaceGenerator, latents: torch.Tensor, batch_size: int) -> np.ndarray:
-    parts = []
+def _in_batches(
+    expressions: ExpressionScorer, generator: FaceGenerator, latents: torch.Tensor, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    probs, found = [], []
     for start in range(0, len(latents), batch_size):
         with torch.no_grad():
-            parts.append(emotions(generator.synthesize(latents[start : start + batch_size])))
-    return np.concatenate(parts)
+            batch_probs, batch_found = expressions(generator.synthesize(latents[start : start + batch_size]))
+        probs.append(batch_probs)
+        found.append(batch_found)
+    return np.concatenate(probs), np.concatenate(found)

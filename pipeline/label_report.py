@@ -77,7 +77,7 @@ def reachability(
             Path(config.edits.directory) / "directions" / f"{emotion_name(label)}.safetensors",
             latent_shape=generator.latent_shape,
         )
-        steered = steer_sources(probe, generator, scorer.emotions, {label: direction}, range(slots), [label] * slots, strict=False)
+        steered = steer_sources(probe, generator, scorer.expressions, {label: direction}, range(slots), [label] * slots, strict=False)
         reached = len(steered.slots)
         records.append({
             "expression": label,
@@ -112,6 +112,16 @@ def judged_sources(run_dir: Path, *, cache: Path | None) -> pd.DataFrame:
     scores = score_images([Path(run_dir) / p for p in sources[Col.IMAGE_SOURCE]], digests, cache=cache)
     sources[SOURCE_LABEL] = source_labels(scores.loc[digests]).to_numpy()
     return sources
+
+
+def judge_confusion(sources: pd.DataFrame) -> pd.DataFrame:
+    """Rows: exprlock's label; columns: the share of those faces PyEmotion puts in each class."""
+    from pipeline.judges.scores import SOURCE_LABEL
+
+    judged = sources[sources[SOURCE_LABEL].notna()]
+    table = pd.crosstab(judged[Col.EMOTION_SOURCE], judged[SOURCE_LABEL], normalize="index")
+    table = table.reindex(columns=[label for label in EMOTION_LABELS], fill_value=0.0)
+    return table.rename_axis(None, axis=1).reset_index().rename(columns={Col.EMOTION_SOURCE: "exprlock label"})
 
 
 def class_sheets(run_dir: Path, sources: pd.DataFrame, out: Path, name: str) -> list[Path]:
@@ -174,8 +184,8 @@ def write_label_report(
         f"target expressions {reached} in equal shares, minimum ensemble confidence "
         f"{config.sources.min_confidence:g}. Definitions: `pipeline/label_report.py`.",
         "The label is exprlock's: the emotion ensemble's top class. The judge is PyEmotion (FER2013 CNN,",
-        "held out: no loss, label, selection or default ever uses it); it sees its own grey 48x48 crop of",
-        "the face dlib's detector finds, and faces it finds none in are left out (`sources` counts the rest).",
+        "held out: no loss, label, selection or default ever uses it); it sees its authors' grey 48x48 crop",
+        "of the face MTCNN finds, and faces MTCNN finds none in are left out (`sources` counts the rest).",
         "Intervals: bootstrap 95 % over the sources.",
         "",
         "## Which expressions the generator can be steered to",
@@ -189,6 +199,12 @@ def write_label_report(
         "## Agreement of the held-out judge with exprlock's label",
         "",
         markdown_table(agreement[["sources_set", "pipeline_label", "sources", "judge", "agreement", "low", "high"]]),
+        "",
+        "## What the judge says instead",
+        "",
+        "Share of each exprlock label that PyEmotion gives each class, on accepted target-expression sources.",
+        "",
+        markdown_table(judge_confusion(targets)),
         "",
         "## Acceptance of target expressions",
         "",

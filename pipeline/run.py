@@ -98,7 +98,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
         if targets:
             slots = [seed - config.sources.first_seed for seed in batch]
             steered = steer_sources(
-                config, generator, scorer.emotions, _target_directions(editing, targets), slots, [targets[i] for i in slots]
+                config, generator, scorer.expressions, _target_directions(editing, targets), slots, [targets[i] for i in slots]
             )
             latents, names, origin = steered.latents, steered.seeds, _steering_columns(batch, steered)
         else:

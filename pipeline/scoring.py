@@ -202,12 +202,12 @@ class FaceScorer:
         return ensemble_probs(model_probs), attributes
 
     @torch.no_grad()
-    def emotions(self, images: torch.Tensor) -> np.ndarray:
-        """Each emotion model's probabilities `(N, M, 7)` only: what steering a face to a
-        target expression needs."""
+    def expressions(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Each emotion model's probabilities `(N, M, 7)` and whether the detector finds a face
+        `(N,)`: what steering a face to a target expression needs."""
         images = images.to(self.device, torch.float32)
         landmarks, _ = self.landmarker(images)
-        return self._emotion_model_probs(images, landmarks)
+        return self._emotion_model_probs(images, landmarks), self.detector.detect(to_uint8(images).numpy()).found
 
     def _describe(self, images: torch.Tensor, pixels: np.ndarray, landmarks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Each emotion model's probabilities `(N, M, 7)` and the attributes `(N, A)`."""

@@ -47,10 +47,13 @@ def test_acceptance_needs_the_target_agreement_and_confidence() -> None:
         np.stack([happy * 0.55 + neutral * 0.45, happy * 0.55 + neutral * 0.45]),  # agree, 0.55
         np.stack([happy * 0.8 + neutral * 0.2, happy]),  # agree, 0.9
     ])
-    assert accepted_step(steps, "happy", 0.6) == 3
-    assert accepted_step(steps, "happy", 0.5) == 2
-    assert accepted_step(steps, "neutral", 0.6) == 0
-    assert accepted_step(steps, "sad", 0.1) is None
+    faces = np.ones(4, dtype=bool)
+    assert accepted_step(steps, faces, "happy", 0.6) == 3
+    assert accepted_step(steps, faces, "happy", 0.5) == 2
+    assert accepted_step(steps, faces, "neutral", 0.6) == 0
+    assert accepted_step(steps, faces, "sad", 0.1) is None
+    # An image the detector finds no face in is never accepted, whatever the emotion models say.
+    assert accepted_step(steps, np.array([True, True, False, True]), "happy", 0.5) == 3
 
 
 def test_shares_are_checked() -> None:
@@ -90,6 +93,7 @@ def test_a_run_writes_the_requested_counts_and_resumes_unchanged(tmp_path: Path)
     assert sources.index.tolist() == list(range(700, 706))
     assert (sources[Col.EMOTION_SOURCE] == sources[Col.EXPRESSION_TARGET]).all()
     assert sources[Col.EMOTION_AGREEMENT_SOURCE].all() and (sources[Col.EMOTION_CONFIDENCE_SOURCE] >= 0.5).all()
+    assert sources[Col.FACE_DETECTED_SOURCE].all()
     step = config.sources.expression_step
     for original, row in sources.iterrows():
         slot = original - 700
@@ -151,6 +155,7 @@ def test_the_label_report_judges_free_and_targeted_sources(tmp_path: Path) -> No
     assert set(targeted["pipeline_label"]) <= {"all", "happy", "neutral"}
     assert ((agreement["low"] <= agreement["agreement"]) & (agreement["agreement"] <= agreement["high"])).all()
     assert (tmp_path / "docs" / "labels-happy.png").is_file() and (tmp_path / "docs" / "labels-neutral.png").is_file()
+    assert "## What the judge says instead" in text
     targets = read_manifest(tmp_path / "runs" / "labels-targets").to_pandas()
     assert targets[Col.EXPRESSION_TARGET].value_counts().to_dict() == {"happy": 2, "neutral": 2}
     assert read_manifest(tmp_path / "runs" / "labels-free").to_pandas()[Col.EXPRESSION_TARGET].isna().all()
