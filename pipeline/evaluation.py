@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_schemas import Col
+from data_schemas import EMOTION_LABELS, Col
 from pipeline.manifest import read_manifest
 
 GROUP = [Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]
@@ -234,6 +234,28 @@ def label_agreement(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -
         low, high = _interval(draws_of)
         records.append({"pipeline_label": label, "sources": len(part), "judge": "pyemotion", "agreement": agree.mean(), "low": low, "high": high})
     return pd.DataFrame.from_records(records)
+
+
+def judged_sources(run_dir: Path, *, cache: Path | None) -> pd.DataFrame:
+    """One row per source of a run, with PyEmotion's label of its face (`pyemotion_source`)."""
+    from pipeline.judges.scores import SOURCE_LABEL, score_images, source_labels
+
+    sources = read_manifest(run_dir).to_pandas().drop_duplicates(Col.SEED).reset_index(drop=True)
+    sources[RUN_DIR] = str(run_dir)
+    digests = sources[Col.IMAGE_SOURCE_SHA256].tolist()
+    scores = score_images([Path(run_dir) / p for p in sources[Col.IMAGE_SOURCE]], digests, cache=cache)
+    sources[SOURCE_LABEL] = source_labels(scores.loc[digests]).to_numpy()
+    return sources
+
+
+def judge_confusion(sources: pd.DataFrame) -> pd.DataFrame:
+    """Rows: exprlock's label; columns: the share of those faces PyEmotion puts in each class."""
+    from pipeline.judges.scores import SOURCE_LABEL
+
+    judged = sources[sources[SOURCE_LABEL].notna()]
+    table = pd.crosstab(judged[Col.EMOTION_SOURCE], judged[SOURCE_LABEL], normalize="index")
+    table = table.reindex(columns=[label for label in EMOTION_LABELS], fill_value=0.0)
+    return table.rename_axis(None, axis=1).reset_index().rename(columns={Col.EMOTION_SOURCE: "exprlock label"})
 
 
 def markdown_table(frame: pd.DataFrame, *, digits: int = 3) -> str:

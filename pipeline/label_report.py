@@ -7,7 +7,8 @@ resumable:
    most `PROBE_CANDIDATES` candidate seeds each; the share that got an accepted face;
 3. two runs of `sources.count` sources: free expressions (the config without targets, on seeds
    after every seed the targeted run may try) and target expressions (the config as it is);
-4. PyEmotion, the held-out emotion judge, scores every source face; its agreement with the
+4. PyEmotion, the held-out emotion judge, scores every source face (through
+   `pipeline.evaluation`, the only module that uses the judges); its agreement with the
    pipeline's label, overall and per label, with bootstrap intervals: on free sources, on the
    free sources whose label is confident, and on accepted target-expression sources;
 5. per-class acceptance rates of the targeted run, and a contact sheet per target class.
@@ -26,10 +27,9 @@ from pipeline.card import write_card
 from pipeline.config import RunConfig
 from pipeline.discovery import collect_samples_on_disk, discover, emotion_name, ensure_sample_shard, sample_shard_plan
 from pipeline.editing.directions import load_direction
-from pipeline.evaluation import RUN_DIR, confident_sources, label_agreement, markdown_table
+from pipeline.evaluation import confident_sources, judge_confusion, judged_sources, label_agreement, markdown_table
 from pipeline.expressions import steer_sources
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
-from pipeline.manifest import read_manifest
 from pipeline.models.factory import load_generator
 from pipeline.models.generator import FaceGenerator
 from pipeline.run import generate_shard, plan_shards, prepare_run, write_contact_sheet
@@ -100,28 +100,6 @@ def make_run(config: RunConfig, run_dir: Path, *, say: Callable[[str], None] = l
     write_contact_sheet(run_dir)
     write_card(run_dir)
     return run_dir
-
-
-def judged_sources(run_dir: Path, *, cache: Path | None) -> pd.DataFrame:
-    """One row per source of a run, with PyEmotion's label of its face (`pyemotion_source`)."""
-    from pipeline.judges.scores import SOURCE_LABEL, score_images, source_labels
-
-    sources = read_manifest(run_dir).to_pandas().drop_duplicates(Col.SEED).reset_index(drop=True)
-    sources[RUN_DIR] = str(run_dir)
-    digests = sources[Col.IMAGE_SOURCE_SHA256].tolist()
-    scores = score_images([Path(run_dir) / p for p in sources[Col.IMAGE_SOURCE]], digests, cache=cache)
-    sources[SOURCE_LABEL] = source_labels(scores.loc[digests]).to_numpy()
-    return sources
-
-
-def judge_confusion(sources: pd.DataFrame) -> pd.DataFrame:
-    """Rows: exprlock's label; columns: the share of those faces PyEmotion puts in each class."""
-    from pipeline.judges.scores import SOURCE_LABEL
-
-    judged = sources[sources[SOURCE_LABEL].notna()]
-    table = pd.crosstab(judged[Col.EMOTION_SOURCE], judged[SOURCE_LABEL], normalize="index")
-    table = table.reindex(columns=[label for label in EMOTION_LABELS], fill_value=0.0)
-    return table.rename_axis(None, axis=1).reset_index().rename(columns={Col.EMOTION_SOURCE: "exprlock label"})
 
 
 def class_sheets(run_dir: Path, sources: pd.DataFrame, out: Path, name: str) -> list[Path]:

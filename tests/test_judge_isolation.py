@@ -12,9 +12,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "flows", "data_schemas")
 JUDGES = "pipeline.judges"
-# The evaluation stage: the only modules that may use the judges.
-EVALUATION = {"pipeline.evaluation", "pipeline.label_report"}
-# The command line dispatches every command, `evaluate` among them, so it may import evaluation.
+# The only module that may use the judges.
+EVALUATION = {"pipeline.evaluation"}
+# The command line dispatches every command, `evaluate` among them, and the label report is an
+# evaluation built on it; they alone may import evaluation.
 EVALUATION_IMPORTERS = {"flows.cli", "pipeline.label_report"}
 # The in-pipeline models the judges must not lean on: they judge these models' work.
 PIPELINE_SCORERS = {
@@ -89,6 +90,12 @@ def test_evaluation_is_imported_by_the_evaluate_command_only() -> None:
     graph = import_graph()
     importers = {module for module, targets in graph.items() if targets & EVALUATION}
     assert importers <= EVALUATION_IMPORTERS
+
+
+def test_only_evaluation_imports_a_judge_directly() -> None:
+    graph = import_graph()
+    importers = {module for module, targets in graph.items() if not is_judge(module) and any(is_judge(t) for t in targets)}
+    assert importers == EVALUATION
 
 
 def test_the_judges_lean_on_no_in_pipeline_scorer() -> None:
