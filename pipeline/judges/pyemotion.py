@@ -25,12 +25,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from data_schemas import EMOTION_LABELS
 from pipeline.errors import CheckpointError
 from pipeline.images import as_uint8_images
 from pipeline.models.assets import asset_path
 
-# PyEmotion's class indices are FER2013's, the order of data_schemas.EMOTION_LABELS.
-LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# PyEmotion's class indices are FER2013's, which is the manifest's label order.
+LABELS = EMOTION_LABELS
 INPUT_SIZE = 48
 WIDTHS = (32, 64, 128, 256)
 

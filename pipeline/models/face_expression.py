@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import CheckpointError, ImageError
+from pipeline.images import as_uint8_images
 from pipeline.models.assets import asset_path
 from pipeline.models.emotion import LABELS, crop_resize
 
@@ -235,9 +236,7 @@ class FaceExpressionClassifier(nn.Module):
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Class probabilities `(N, 7)` (float32, CPU) for whole uint8 RGB faces `(N, H, W, 3)`."""
-        images = torch.as_tensor(images)
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ImageError(f"images: expected uint8 RGB (N, H, W, 3), got {images.dtype} of shape {tuple(images.shape)}")
-        x = images.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        pixels = torch.from_numpy(as_uint8_images(images))
+        x = pixels.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
         return self(x).softmax(dim=1).cpu()
 
