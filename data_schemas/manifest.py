@@ -19,7 +19,7 @@ import json
 
 import pyarrow as pa
 
-CURRENT_VERSION = "1.2"
+CURRENT_VERSION = "1.3"
 SCHEMA_METADATA_KEY = b"exprlock"
 
 
@@ -74,6 +74,11 @@ class Col:
     EXPRESSION_TARGET = "expression_target"
     EXPRESSION_STEPS = "expression_steps"
     EXPRESSION_REJECTED = "expression_rejected"
+    PRESERVATION = "preservation"
+    LOCK_CANDIDATES = "lock_candidates"
+    LOCK_CHOSEN = "lock_chosen"
+    LOCK_STRENGTH = "lock_strength"
+    EXPRESSION_LOCKED = "expression_locked"
 
 
 EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -184,7 +189,23 @@ _FIELDS_V1_2 = tuple(
     _field(Col.EXPRESSION_REJECTED, pa.int32(), "With target expressions: candidate seeds rejected before this one", nullable=True),
 )
 
-_SCHEMAS = {"1.0": _FIELDS_V1, "1.1": _FIELDS_V1_1, "1.2": _FIELDS_V1_2}
+# 1.3: the weights of the editor's preservation terms, and the per-edit lock.
+_PRESERVATION = pa.struct(
+    [
+        pa.field("landmarks", pa.float32(), metadata={b"description": b"HFLD lambda (FaceMesh landmark shift)"}),
+        pa.field("emotion", pa.float32(), metadata={b"description": b"Weight of KL(source || edit) of the emotion ensemble"}),
+        pa.field("identity", pa.float32(), metadata={b"description": b"Weight of 1 - SFace cosine of source and edit"}),
+    ]
+)
+_FIELDS_V1_3 = _FIELDS_V1_2 + (
+    _field(Col.PRESERVATION, _PRESERVATION, "Weights of the preservation terms the edit's editor was trained with", nullable=True),
+    _field(Col.LOCK_CANDIDATES, pa.int32(), "With the lock: candidates rendered for this edit", nullable=True),
+    _field(Col.LOCK_CHOSEN, pa.int32(), "With the lock: index of the kept candidate, weakest first", nullable=True),
+    _field(Col.LOCK_STRENGTH, pa.float32(), "With the lock: strength of the kept candidate (latent units)", nullable=True),
+    _field(Col.EXPRESSION_LOCKED, pa.bool_(), "With the lock: the kept edit's emotion JS is within edits.lock.max_change", nullable=True),
+)
+
+_SCHEMAS = {"1.0": _FIELDS_V1, "1.1": _FIELDS_V1_1, "1.2": _FIELDS_V1_2, "1.3": _FIELDS_V1_3}
 COLUMNS = tuple(field.name for field in _SCHEMAS[CURRENT_VERSION])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -20,8 +21,10 @@ from pipeline.errors import ConfigError
 # Fields that change neither images nor scores; excluded from the run id.
 _EXECUTION_FIELDS = {"device", "batch_size"}
 # Settings of target expressions; left out of the run id of a run without targets, so runs
-# made before they existed keep their id.
+# made before they existed keep their id. Likewise the preserving editors' weights without a
+# method that uses them, and the lock when it is off.
 _EXPRESSION_FIELDS = ("expressions", "min_confidence", "expression_steps", "expression_step", "max_candidates")
+_PRESERVE_METHODS = {"editor_preserve", "refined_preserve"}
 
 EmotionLabel = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
@@ -74,9 +77,67 @@ class ScoringConfig(_Strict):
     )
 
 
-EditMethod = Literal["linear", "linear_projected", "editor", "editor_hfld", "refined"]
+EditMethod = Literal["linear", "linear_projected", "editor", "editor_hfld", "refined", "editor_preserve", "refined_preserve"]
 EditableAttribute = Literal["gender", "age", "hair_lightness", "hair_redness", "skin_lightness", "yaw"]
 EDITABLE_ATTRIBUTES: tuple[str, ...] = get_args(EditableAttribute)
+
+
+@dataclass(frozen=True)
+class PreservationWeights:
+    """The weights of one editor's preservation terms for one attribute; 0 turns a term off."""
+
+    landmarks: float = 0.0
+    emotion: float = 0.0
+    identity: float = 0.0
+
+    @property
+    def landmarks_only(self) -> bool:
+        """Whether this is the plain HFLD objective (lambda 0: the base editor)."""
+        return self.emotion == 0 and self.identity == 0
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe name, e.g. `l1000-e10-i2`; terms with weight 0 are left out."""
+        parts = [f"{key}{value:g}" for key, value in (("l", self.landmarks), ("e", self.emotion), ("i", self.identity)) if value]
+        return "-".join(parts) or "l0"
+
+
+class PreserveConfig(_Strict):
+    """One preserving editor (methods editor_preserve, refined_preserve): the terms it trains with."""
+
+    landmarks: float = Field(1000.0, ge=0.0, description="HFLD lambda, on FaceMesh landmarks as `training` sets them")
+    emotion: float = Field(
+        30.0, ge=0.0, description="weight of KL(source || edit) of the emotion ensemble's distributions, nats"
+    )
+    identity: float = Field(10.0, ge=0.0, description="weight of 1 - SFace cosine of source and edit")
+    identity_attributes: list[EditableAttribute] = Field(
+        default_factory=lambda: [a for a in EDITABLE_ATTRIBUTES if a != "gender"],
+        description="attributes whose edits keep the person (the identity term is off for the others)",
+    )
+
+    def weights(self, attribute: str) -> PreservationWeights:
+        """The weights for one attribute's editor."""
+        identity = self.identity if attribute in self.identity_attributes else 0.0
+        return PreservationWeights(self.landmarks, self.emotion, identity)
+
+
+class LockConfig(_Strict):
+    """The per-edit lock: several candidates per edit, the one that changes the expression least."""
+
+    candidates: StrictInt = Field(1, ge=1, le=64, description="candidates per edit; 1 turns the lock off")
+    scales: tuple[float, float] = Field(
+        (0.5, 1.5), description="candidate strengths span these multiples of the edit's strength"
+    )
+    max_change: float = Field(
+        0.05, ge=0.0, le=1.0, description="emotion JS (bits) up to which an edit counts as expression-locked"
+    )
+
+    @model_validator(mode="after")
+    def _scales_ordered(self) -> LockConfig:
+        low, high = self.scales
+        if not 0 < low <= 1 <= high:
+            raise ValueError(f"edits.lock.scales: expected 0 < low <= 1 <= high, got {list(self.scales)}")
+        return self
 
 
 class DiscoveryConfig(_Strict):
@@ -116,12 +177,16 @@ class EditsConfig(_Strict):
         "trade-off of the gender sweep in docs/lambda-sweep.md",
     )
     refine_steps: StrictInt = Field(20, ge=1, le=10_000, description="optimiser steps of HFLD refinement")
+    preserve: list[PreserveConfig] = Field(
+        default_factory=lambda: [PreserveConfig()],
+        description="editors of the editor_preserve and refined_preserve methods, one edit each",
+    )
+    lock: LockConfig = LockConfig()
     direction_files: dict[str, str] = Field(
         default_factory=dict,
         description="user-supplied directions by name (InterFaceGAN .npy boundaries or exprlock .safetensors), "
         "used instead of the discovered ones",
     )
-
 
     @model_validator(mode="after")
     def _lambdas_positive(self) -> EditsConfig:
@@ -129,6 +194,10 @@ class EditsConfig(_Strict):
             raise ValueError("edits.hfld_lambdas: expected positive values (lambda 0 is the `editor` method)")
         if any(value <= 0 for value in self.strengths):
             raise ValueError("edits.strengths: expected positive values; the edit's sign follows each source")
+        if _PRESERVE_METHODS & set(self.methods) and not self.preserve:
+            raise ValueError("edits.preserve: the editor_preserve and refined_preserve methods need at least one entry")
+        if any(entry.landmarks == entry.emotion == entry.identity == 0 for entry in self.preserve):
+            raise ValueError("edits.preserve: an entry with every weight 0 is the base editor; use the `editor` method")
         return self
 
 
@@ -180,6 +249,10 @@ class RunConfig(_Strict):
         if not self.sources.expressions:
             for name in _EXPRESSION_FIELDS:
                 del identity["sources"][name]
+        if not _PRESERVE_METHODS & set(self.edits.methods):
+            del identity["edits"]["preserve"]
+        if self.edits.lock.candidates == 1:
+            del identity["edits"]["lock"]
         identity["generator"]["kind"] = self.generator_kind
         identity["scoring"].update(emotion=self.emotion_backend, identity=self.identity_backend)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

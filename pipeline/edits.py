@@ -9,6 +9,9 @@ attribute (the sign follows the source's own score, so every edit tries to flip 
 - `editor`: the Latent Transformer editor trained without HFLD (lambda = 0, the base model).
 - `editor_hfld`: the editor trained with lambda * HFLD, once per configured lambda.
 - `refined`: the HFLD editor's edit (same lambda), then per-sample HFLD refinement of the latent.
+- `editor_preserve`: an editor trained with the preservation terms of an `edits.preserve` entry
+  (HFLD, emotion-ensemble KL, SFace identity), once per entry.
+- `refined_preserve`: that editor's edit, then per-sample refinement with the same terms.
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import RunConfig
+from pipeline.config import PreservationWeights, RunConfig
 from pipeline.discovery import ATTRIBUTE_SCORES, CLASSIFIER_FILE, emotion_name, read_report
 from pipeline.editing.directions import Direction, load_direction, project_orthogonal
 from pipeline.editing.editor import LatentEditor, load_editor
-from pipeline.editing.hfld import HFLDLoss
 from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
+from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementConfig, refine_edits
 from pipeline.errors import ConfigError
 from pipeline.models.generator import FaceGenerator
-from pipeline.train_editors import editor_path, hfld_loss
+from pipeline.objectives import editor_path, preservation_loss
 
 
 @dataclass(frozen=True)
@@ -40,21 +43,36 @@ class EditSpec:
     method: str
     strength: float
     hfld_lambda: float
+    emotion_weight: float = 0.0
+    identity_weight: float = 0.0
+
+    @property
+    def weights(self) -> PreservationWeights:
+        """The preservation weights of the editor this edit uses (all 0: the base editor)."""
+        return PreservationWeights(self.hfld_lambda, self.emotion_weight, self.identity_weight)
 
     @property
     def slug(self) -> str:
-        """A file-name-safe identifier, e.g. `age-editor_hfld-s3-l10`."""
-        return f"{self.attribute}-{self.method}-s{self.strength:g}-l{self.hfld_lambda:g}"
+        """A file-name-safe identifier, e.g. `age-editor_hfld-s3-l10` or `age-editor_preserve-s3-l1000-e10`."""
+        weights = self.weights.slug if not self.weights.landmarks_only else f"l{self.hfld_lambda:g}"
+        return f"{self.attribute}-{self.method}-s{self.strength:g}-{weights}"
 
 
 def plan_edits(config: RunConfig) -> list[EditSpec]:
-    """Every (attribute, method, strength, lambda) of the config, attribute-major."""
+    """Every (attribute, method, strength, weights) of the config, attribute-major."""
     specs = []
     for attribute in config.edits.attributes:
         for method in config.edits.methods:
-            lambdas = config.edits.hfld_lambdas if method in ("editor_hfld", "refined") else [0.0]
+            if method in ("editor_preserve", "refined_preserve"):
+                weights = [entry.weights(attribute) for entry in config.edits.preserve]
+            elif method in ("editor_hfld", "refined"):
+                weights = [PreservationWeights(landmarks=value) for value in config.edits.hfld_lambdas]
+            else:
+                weights = [PreservationWeights()]
             for strength in config.edits.strengths:
-                specs.extend(EditSpec(attribute, method, strength, value) for value in lambdas)
+                specs.extend(
+                    EditSpec(attribute, method, strength, w.landmarks, w.emotion, w.identity) for w in dict.fromkeys(weights)
+                )
     return specs
 
 
@@ -84,8 +102,8 @@ class Editing:
                 f"edits.attributes: no direction for {missing} in {self.directory} (they were not scored "
                 "at discovery); enable their scorer and run `exprlock discover` again"
             )
-        self._editors: dict[tuple[str, float], LatentEditor] = {}
-        self._hfld: dict[float, HFLDLoss] = {}
+        self._editors: dict[tuple[str, PreservationWeights], LatentEditor] = {}
+        self._preservation: dict[PreservationWeights, PreservationLoss] = {}
 
     def threshold(self, attribute: str) -> float:
         return float(self.report["success_thresholds"][attribute])
@@ -104,17 +122,17 @@ class Editing:
         others = [self.direction(emotion_name(label)) for label in self.config.discovery.project_out]
         return project_orthogonal(self.direction(attribute), others, name=f"{attribute}_projected")
 
-    def editor(self, attribute: str, hfld_lambda: float) -> LatentEditor:
-        key = (attribute, hfld_lambda)
+    def editor(self, attribute: str, weights: PreservationWeights) -> LatentEditor:
+        key = (attribute, weights)
         if key not in self._editors:
-            path = editor_path(self.directory, attribute, hfld_lambda)
+            path = editor_path(self.directory, attribute, weights)
             self._editors[key] = load_editor(path, latent_shape=self.generator.latent_shape, device=self.generator.device)
         return self._editors[key]
 
-    def hfld(self, hfld_lambda: float) -> HFLDLoss:
-        if hfld_lambda not in self._hfld:
-            self._hfld[hfld_lambda] = hfld_loss(self.config, self.generator, hfld_lambda)
-        return self._hfld[hfld_lambda]
+    def preservation(self, weights: PreservationWeights) -> PreservationLoss:
+        if weights not in self._preservation:
+            self._preservation[weights] = preservation_loss(self.config, self.generator, weights)
+        return self._preservation[weights]
 
     @cached_property
     def classifier(self) -> LatentClassifier:
@@ -123,22 +141,22 @@ class Editing:
         )
 
     def apply(self, spec: EditSpec, latents: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-        """Edited latents of a batch; `signs` (+1/-1 per source) say which way each goes."""
+        """Edited latents of a batch; `signs` (+1/-1 per source) say which way each goes, and
+        multiples of them (the lock's candidates) scale the spec's strength."""
         strength = signs.to(latents.device, latents.dtype) * spec.strength
         if spec.method == "linear":
             return self.direction(spec.attribute).edit(latents, strength)
         if spec.method == "linear_projected":
             return self.projected_direction(spec.attribute).edit(latents, strength)
         with torch.no_grad():
-            base = self.editor(spec.attribute, 0.0 if spec.method == "editor" else spec.hfld_lambda)
-            edited = base(latents, strength)
-        if spec.method in ("editor", "editor_hfld"):
+            edited = self.editor(spec.attribute, spec.weights)(latents, strength)
+        if spec.method in ("editor", "editor_hfld", "editor_preserve"):
             return edited
-        if spec.method == "refined":
+        if spec.method in ("refined", "refined_preserve"):
             result = refine_edits(
                 edited,
                 latents,
-                hfld=self.hfld(spec.hfld_lambda),
+                preservation=self.preservation(spec.weights),
                 classifier=self.classifier,
                 attribute=spec.attribute,
                 add=signs > 0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +29,9 @@ from pipeline.discovery import emotion_name
 from pipeline.editing.directions import Direction
 from pipeline.edits import Editing, attribute_reached, edit_directions, plan_edits
 from pipeline.expressions import SteeredSources, plan_targets, steer_sources
-from pipeline.scoring import compare, edit_score_columns, load_scorer, source_score_columns
+from pipeline.lock import lock_edit
+from pipeline.metrics import js_divergence
+from pipeline.scoring import ATTRIBUTE_NAMES, compare, edit_score_columns, load_scorer, source_score_columns
 
 CONFIG_FILE = "config.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -77,7 +79,8 @@ def shard_path(run_dir: Path, index: int) -> Path:
 def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     """Render, edit and score one shard's seeds, save the PNGs, then commit its Parquet file.
 
-    Without edits there is one row per source; with edits one row per (source, edit).
+    Without edits there is one row per source; with edits one row per (source, edit). With
+    `edits.lock`, each edit is the lock's choice among its candidates (`pipeline.lock`).
     """
     path = shard_path(run_dir, index)
     if path.exists():
@@ -121,9 +124,29 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
             threshold = editing.threshold(spec.attribute)
             before = scores.attribute(editing.score_name(spec.attribute))
             signs = edit_directions(before, threshold)
-            edited = editing.apply(spec, latents, signs)
-            with torch.no_grad():
-                edited_floats = generator.synthesize(edited)
+            lock_columns: dict[str, list] = {}
+            if config.edits.lock.candidates > 1:
+                index = ATTRIBUTE_NAMES.index(editing.score_name(spec.attribute))
+
+                def measure(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+                    probs, attributes = scorer.describe(images)
+                    change = js_divergence(scores.emotion_probs, probs)
+                    return change, attribute_reached(signs, attributes[:, index], threshold)
+
+                locked = lock_edit(
+                    lambda scale: editing.apply(spec, latents, signs * scale), generator.synthesize, measure, config.edits.lock
+                )
+                edited, edited_floats = locked.latents, locked.images
+                lock_columns = {
+                    Col.LOCK_CANDIDATES: [config.edits.lock.candidates] * len(batch),
+                    Col.LOCK_CHOSEN: locked.chosen.tolist(),
+                    Col.LOCK_STRENGTH: (locked.scales * spec.strength).tolist(),
+                    Col.EXPRESSION_LOCKED: locked.locked.tolist(),
+                }
+            else:
+                edited = editing.apply(spec, latents, signs)
+                with torch.no_grad():
+                    edited_floats = generator.synthesize(edited)
             edited_scores = scorer.score(edited_floats)
             after = edited_scores.attribute(editing.score_name(spec.attribute))
             edit = {
@@ -131,6 +154,8 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
                 Col.STRENGTH: [spec.strength] * len(batch),
                 Col.EDITOR: [spec.method] * len(batch),
                 Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
+                Col.PRESERVATION: [asdict(spec.weights)] * len(batch),
+                **lock_columns,
                 Col.LATENT_EDIT: list(edited.detach().float().cpu().reshape(len(batch), -1).numpy()),
                 **_save_images(
                     run_dir, [images_dir / f"seed-{seed:09d}-{spec.slug}.png" for seed in names], edited_floats, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256

@@ -1,9 +1,10 @@
-"""Training the latent editors a run's edits need, one per attribute and lambda.
+"""Training the latent editors a run's edits need, one per attribute and preservation weights.
 
 Each editor starts from its attribute's discovered direction (`A = 0, b = n`, the linear edit),
 and is trained on the discovery samples against the latent classifier with the Latent
-Transformer loss; lambda > 0 adds HFLD on FaceMesh landmarks of the rendered edits. Editors and
-their resumable training checkpoints live under `<edits directory>/editors/`.
+Transformer loss; positive weights add the preservation terms (HFLD on FaceMesh landmarks,
+emotion, identity) of the rendered edits. Editors and their resumable training checkpoints live
+under `<edits directory>/editors/`.
 """
 
 from __future__ import annotations
@@ -15,50 +16,30 @@ from typing import Any
 
 import torch
 
-from pipeline.config import RunConfig
+from pipeline.config import PreservationWeights, RunConfig
 from pipeline.discovery import CLASSIFIER_FILE, Samples
 from pipeline.editing.directions import load_direction
 from pipeline.editing.editor import LatentEditor, read_editor_record, save_editor
-from pipeline.editing.hfld import HFLDLoss
 from pipeline.editing.latent_classifier import load_latent_classifier
 from pipeline.editing.training import EditorTrainer, EditorTrainingConfig, TrainingProgress
 from pipeline.errors import CheckpointError
-from pipeline.models.facemesh import BROWS, EYES, FACE_OVAL, LEFT_EYE, LIPS, RIGHT_EYE, FaceMeshLandmarker
 from pipeline.models.generator import FaceGenerator
-
-EXPRESSION_LANDMARKS = LIPS + EYES + BROWS
-
-
-def editor_path(directory: Path, attribute: str, hfld_lambda: float) -> Path:
-    return Path(directory) / "editors" / f"{attribute}-lambda{hfld_lambda:g}.safetensors"
+from pipeline.objectives import editor_path, preservation_loss
 
 
-def required_editors(config: RunConfig) -> list[tuple[str, float]]:
-    """(attribute, lambda) of every editor the configured methods use; lambda 0 is the base."""
+def required_editors(config: RunConfig) -> list[tuple[str, PreservationWeights]]:
+    """(attribute, weights) of every editor the configured methods use, without repeats;
+    all-zero weights are the base editor."""
     methods = set(config.edits.methods)
-    lambdas: list[float] = []
-    if "editor" in methods:
-        lambdas.append(0.0)
-    if methods & {"editor_hfld", "refined"}:
-        lambdas.extend(config.edits.hfld_lambdas)
-    return [(attribute, value) for attribute in config.edits.attributes for value in lambdas]
-
-
-def hfld_loss(config: RunConfig, generator: FaceGenerator, hfld_lambda: float) -> HFLDLoss:
-    """HFLD as configured: planar FaceMesh points, inter-ocular normalisation, optional
-    similarity alignment on the face oval (so a head-shape change is not counted as expression)."""
-    landmarker = FaceMeshLandmarker().to(generator.device).eval()
-    settings = config.training
-    return HFLDLoss(
-        generator,
-        lambda images: landmarker(images)[0],
-        weight=hfld_lambda,
-        planar=True,
-        indices=None if settings.landmarks == "all" else EXPRESSION_LANDMARKS,
-        iod=(RIGHT_EYE, LEFT_EYE),
-        align=settings.align,
-        align_indices=FACE_OVAL if settings.align else None,
-    )
+    editors: list[tuple[str, PreservationWeights]] = []
+    for attribute in config.edits.attributes:
+        wanted = [PreservationWeights()] if "editor" in methods else []
+        if methods & {"editor_hfld", "refined"}:
+            wanted.extend(PreservationWeights(landmarks=value) for value in config.edits.hfld_lambdas)
+        if methods & {"editor_preserve", "refined_preserve"}:
+            wanted.extend(entry.weights(attribute) for entry in config.edits.preserve)
+        editors.extend((attribute, weights) for weights in dict.fromkeys(wanted))
+    return editors
 
 
 def train_editor(
@@ -66,7 +47,7 @@ def train_editor(
     generator: FaceGenerator,
     samples: Samples,
     attribute: str,
-    hfld_lambda: float,
+    weights: PreservationWeights,
     *,
     callback: Callable[[TrainingProgress], None] | None = None,
 ) -> Path:
@@ -77,7 +58,7 @@ def train_editor(
     so a rerun discovery or a changed config never edits with a stale editor.
     """
     directory = Path(config.edits.directory)
-    target = editor_path(directory, attribute, hfld_lambda)
+    target = editor_path(directory, attribute, weights)
     device = generator.device
     direction = load_direction(directory / "directions" / f"{attribute}.safetensors", latent_shape=generator.latent_shape)
     classifier = load_latent_classifier(directory / CLASSIFIER_FILE, latent_shape=generator.latent_shape, device=device)
@@ -96,7 +77,7 @@ def train_editor(
             strength_range=(min(strengths), max(strengths)),
             checkpoint_every=max(1, settings.steps // 5),
         ),
-        hfld=hfld_loss(config, generator, hfld_lambda) if hfld_lambda > 0 else None,
+        preservation=preservation_loss(config, generator, weights) if weights != PreservationWeights() else None,
     )
     if target.exists():
         require_trained_as(target, trainer.record())
@@ -112,7 +93,8 @@ def require_trained_as(path: Path, record: dict[str, Any]) -> None:
     """Refuse a saved editor whose training record differs from `record` (steps excepted)."""
     saved = read_editor_record(path)
     expected = json.loads(json.dumps(record))
-    changed = [key for key in ("training", "hfld", "classifier_attributes", "inputs") if saved.get(key) != expected[key]]
+    keys = ("training", "hfld", "preservation", "classifier_attributes", "inputs")
+    changed = [key for key in keys if saved.get(key) != expected[key]]
     if changed:
         raise CheckpointError(
             f"{path}: this editor was trained with other {', '.join(changed)} than this config and its "

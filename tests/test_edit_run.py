@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data_schemas import Col
-from pipeline.config import RunConfig, parse_config
+from pipeline.config import PreservationWeights, RunConfig, parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, read_report
 from pipeline.editing.editor import load_editor
 from pipeline.edits import edit_directions
@@ -22,7 +22,8 @@ from pipeline.models.factory import load_generator
 from pipeline.models.generator import FaceGenerator
 from pipeline.run import generate_shard, prepare_run
 from pipeline.scoring import load_scorer
-from pipeline.train_editors import editor_path, required_editors, train_editor
+from pipeline.objectives import editor_path
+from pipeline.train_editors import required_editors, train_editor
 from stylegan2_fixtures import save_rosinality, small_config, small_generator
 
 ALL_METHODS = ["linear", "linear_projected", "editor", "editor_hfld", "refined"]
@@ -53,8 +54,8 @@ def train_models(config: RunConfig, generator: FaceGenerator) -> None:
     ensure_sample_shard(config, 0, generator, load_scorer("cpu", config.scoring.attributes))
     samples = collect_samples_on_disk(config)
     discover(config, samples, provenance={"generator": "test"})
-    for attribute, hfld_lambda in required_editors(config):
-        train_editor(config, generator, samples, attribute, hfld_lambda)
+    for attribute, weights in required_editors(config):
+        train_editor(config, generator, samples, attribute, weights)
 
 
 @pytest.mark.slow
@@ -112,8 +113,8 @@ def test_w_plus_editing_runs_unchanged_on_a_stylegan2_checkpoint(tmp_path: Path)
     generator, _, _ = load_generator("stylegan2", str(checkpoint), 1.0, "cpu")
     num_ws, w_dim = generator.latent_shape
     train_models(config, generator)
-    hfld_lambda = config.edits.hfld_lambdas[0]
-    editor = load_editor(editor_path(tmp_path / "models", "skin_lightness", hfld_lambda), latent_shape=(num_ws, w_dim))
+    weights = PreservationWeights(landmarks=config.edits.hfld_lambdas[0])
+    editor = load_editor(editor_path(tmp_path / "models", "skin_lightness", weights), latent_shape=(num_ws, w_dim))
     assert editor.mode == "per_layer"
 
     run_dir = prepare_run(config, tmp_path / "run")

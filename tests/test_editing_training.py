@@ -8,6 +8,7 @@ import torch
 from pipeline.editing.directions import Direction
 from pipeline.editing.editor import LatentEditor
 from pipeline.editing.hfld import HFLDLoss, landmark_shift
+from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.latent_classifier import LatentClassifier
 from pipeline.editing.synthetic import TinyGenerator, TinyLandmarks
 from pipeline.editing.training import EditorTrainer, EditorTrainingConfig, TrainingProgress, batch_indices
@@ -42,7 +43,7 @@ class Problem:
     ) -> EditorTrainer:
         hfld = HFLDLoss(self.generator, self.landmarks, weight=weight)
         editor = editor or LatentEditor.from_direction(self.direction)
-        return EditorTrainer(editor, self.classifier, self.latents, config, hfld=hfld)
+        return EditorTrainer(editor, self.classifier, self.latents, config, preservation=PreservationLoss(hfld))
 
 
 def test_batches_cover_each_epoch_once() -> None:

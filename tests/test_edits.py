@@ -12,17 +12,22 @@ import pytest
 import torch
 
 from data_schemas import Col
-from pipeline.config import parse_config
+from pipeline.config import PreservationWeights, parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
 from pipeline.edits import EditSpec, Editing, attribute_reached, edit_directions, plan_edits
 from pipeline.editing.editor import load_editor, save_editor
 from pipeline.editing.hfld import HFLDLoss
+from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementResult
 from pipeline.editing.synthetic import TinyGenerator
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.evaluation import change_at_success, hfld_reductions, reductions, summarise
-from pipeline.train_editors import editor_path, required_editors, train_editor
+from pipeline.objectives import editor_path
+from pipeline.train_editors import required_editors, train_editor
 from test_discovery import LATENT_DIM, PlantedScorer
+
+
+BASE = PreservationWeights()
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +44,9 @@ def editing(tmp_path_factory: pytest.TempPathFactory) -> Editing:
     ensure_sample_shard(config, 0, generator, PlantedScorer(generator))
     samples = collect_samples_on_disk(config)
     discover(config, samples, provenance={})
-    assert required_editors(config) == [("gender", 0.0)]
-    train_editor(config, generator, samples, "gender", 0.0)
-    assert editor_path(directory, "gender", 0.0).is_file()
+    assert required_editors(config) == [("gender", BASE)]
+    train_editor(config, generator, samples, "gender", BASE)
+    assert editor_path(directory, "gender", BASE).is_file()
     return Editing(config, generator)
 
 
@@ -89,53 +94,67 @@ def test_trained_editor_reaches_the_target_more_often_than_it_started(editing: E
 
 
 def test_each_method_names_the_editors_it_needs() -> None:
-    def needed(methods: list[str]) -> list[tuple[str, float]]:
-        edits = {"attributes": ["gender"], "methods": methods, "hfld_lambdas": [100.0, 1000.0]}
-        return required_editors(parse_config({"edits": edits}))
+    def needed(methods: list[str], attribute: str = "gender") -> list[tuple[str, float, float, float]]:
+        edits = {
+            "attributes": [attribute],
+            "methods": methods,
+            "hfld_lambdas": [100.0, 1000.0],
+            "preserve": [{"landmarks": 1000.0, "emotion": 2.0, "identity": 3.0}, {"landmarks": 0.0, "emotion": 5.0}],
+        }
+        return [(a, w.landmarks, w.emotion, w.identity) for a, w in required_editors(parse_config({"edits": edits}))]
 
     assert needed(["linear", "linear_projected"]) == []
-    assert needed(["editor"]) == [("gender", 0.0)]
-    assert needed(["refined"]) == needed(["editor_hfld"]) == [("gender", 100.0), ("gender", 1000.0)]
-    assert needed(["editor", "refined"]) == [("gender", 0.0), ("gender", 100.0), ("gender", 1000.0)]
+    assert needed(["editor"]) == [("gender", 0.0, 0.0, 0.0)]
+    assert needed(["refined"]) == needed(["editor_hfld"]) == [("gender", 100.0, 0.0, 0.0), ("gender", 1000.0, 0.0, 0.0)]
+    assert needed(["editor", "refined"])[0] == ("gender", 0.0, 0.0, 0.0)
+    # Identity is off for gender by default, on for age; one editor per distinct weights.
+    assert needed(["editor_preserve", "refined_preserve"]) == [("gender", 1000.0, 2.0, 0.0), ("gender", 0.0, 5.0, 0.0)]
+    assert needed(["editor_preserve"], "age") == [("age", 1000.0, 2.0, 3.0), ("age", 0.0, 5.0, 10.0)]
+    assert needed(["editor_hfld", "editor_preserve"], "gender")[1:] == [
+        ("gender", 1000.0, 0.0, 0.0), ("gender", 1000.0, 2.0, 0.0), ("gender", 0.0, 5.0, 0.0)
+    ]
 
 
 def test_a_saved_editor_is_kept_only_if_trained_as_the_config_says(editing: Editing) -> None:
     config, generator = editing.config, editing.generator
     samples = collect_samples_on_disk(config)
-    path = editor_path(editing.directory, "gender", 0.0)
+    path = editor_path(editing.directory, "gender", BASE)
     before = path.read_bytes()
-    assert train_editor(config, generator, samples, "gender", 0.0) == path
+    assert train_editor(config, generator, samples, "gender", BASE) == path
     assert path.read_bytes() == before
     longer = config.model_copy(update={"training": config.training.model_copy(update={"steps": 31})})
     with pytest.raises(CheckpointError, match=r"gender-lambda0.safetensors: this editor was trained with other training"):
-        train_editor(longer, generator, samples, "gender", 0.0)
+        train_editor(longer, generator, samples, "gender", BASE)
     fewer = dataclasses.replace(samples, latents=samples.latents[:-1], seeds=samples.seeds[:-1])
     with pytest.raises(CheckpointError, match=r"other inputs than"):
-        train_editor(config, generator, fewer, "gender", 0.0)
+        train_editor(config, generator, fewer, "gender", BASE)
     assert path.read_bytes() == before
 
 
 def test_refinement_starts_from_the_hfld_editor_of_its_lambda(
     editing: Editing, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hfld_editor = load_editor(editor_path(editing.directory, "gender", 0.0))
+    hfld_editor = load_editor(editor_path(editing.directory, "gender", BASE))
     with torch.no_grad():
         hfld_editor.bias.mul_(-2.0)
-    save_editor(hfld_editor, editor_path(editing.directory, "gender", 7.0))
+    save_editor(hfld_editor, editor_path(editing.directory, "gender", PreservationWeights(7.0)))
     started_from = {}
 
     def record(edited: torch.Tensor, source: torch.Tensor, **options: object) -> RefinementResult:
-        started_from.update(edited=edited, lam=options["hfld"].weight)
+        started_from.update(edited=edited, lam=options["preservation"].hfld.weight)
         unchanged = torch.zeros(len(edited))
         return RefinementResult(edited + 1.0, unchanged, unchanged, unchanged, unchanged)
 
     monkeypatch.setattr("pipeline.edits.refine_edits", record)
-    monkeypatch.setattr("pipeline.edits.hfld_loss", lambda config, generator, weight: HFLDLoss(generator, lambda x: x, weight=weight))
+    monkeypatch.setattr(
+        "pipeline.edits.preservation_loss",
+        lambda config, generator, weights: PreservationLoss(HFLDLoss(generator, lambda x: x, weight=weights.landmarks)),
+    )
     latents, signs = torch.randn(3, LATENT_DIM), torch.tensor([1.0, -1.0, 1.0])
     try:
         refined = editing.apply(EditSpec("gender", "refined", 2.0, 7.0), latents, signs)
     finally:
-        editor_path(editing.directory, "gender", 7.0).unlink()
+        editor_path(editing.directory, "gender", PreservationWeights(7.0)).unlink()
     with torch.no_grad():
         expected = hfld_editor(latents, 2.0 * signs)
     torch.testing.assert_close(started_from["edited"], expected)
@@ -255,14 +274,14 @@ def test_w_plus_latents_are_edited_per_layer(tmp_path: Path) -> None:
     samples = collect_samples_on_disk(config)
     assert samples.latents.shape == (300, *shape)
     discover(config, samples, provenance={})
-    train_editor(config, generator, samples, "gender", 0.0)
+    train_editor(config, generator, samples, "gender", BASE)
     editing = Editing(config, generator)
     latents = generator.sample_latents(range(4))
     direction = editing.direction("gender")
     assert float(direction.vector.reshape(-1)[0]) > 0.9  # planted in the first layer's first coordinate
     linear = editing.apply(EditSpec("gender", "linear", 2.0, 0.0), latents, torch.ones(4))
     assert torch.allclose(linear - latents, 2.0 * direction.displacement().expand(4, *shape), atol=1e-6)
-    assert editing.editor("gender", 0.0).mode == "per_layer"
+    assert editing.editor("gender", BASE).mode == "per_layer"
     edited = editing.apply(EditSpec("gender", "editor", 2.0, 0.0), latents, torch.ones(4))
     gender = editing.classifier.index("gender")
     with torch.no_grad():

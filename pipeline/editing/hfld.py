@@ -236,6 +236,17 @@ class HFLDLoss:
             raise ImageError(f"landmark detector output: expected {len(latents)} faces, got {len(points)}")
         return points[..., :2] if self.planar else points
 
+    def shift(self, edited: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """The landmark shift per sample `(N,)` with this loss's options, without lambda."""
+        return landmark_shift(
+            edited,
+            source.detach(),
+            indices=self.indices,
+            iod=self.iod,
+            align=self.align,
+            align_indices=self.align_indices,
+        )
+
     @torch.no_grad()
     def source_landmarks(self, latents: torch.Tensor) -> torch.Tensor:
         """Landmarks of the sources, constants of the loss."""
@@ -259,15 +270,7 @@ class HFLDLoss:
             raise ConfigError("HFLD: give exactly one of source_latents or source_landmarks")
         if source_landmarks is None:
             source_landmarks = self.source_landmarks(source_latents)
-        shift = landmark_shift(
-            self.detect(edited_latents),
-            source_landmarks.detach(),
-            indices=self.indices,
-            iod=self.iod,
-            align=self.align,
-            align_indices=self.align_indices,
-        )
-        per_sample = self.weight * shift
+        per_sample = self.weight * self.shift(self.detect(edited_latents), source_landmarks)
         if reduction == "none":
             return per_sample
         if reduction == "mean":

@@ -1,16 +1,17 @@
-"""Per-sample HFLD refinement: test-time optimisation of edited latents.
+"""Per-sample refinement: test-time optimisation of edited latents towards their sources' looks.
 
 An editor trained with HFLD lowers landmark drift on average; refinement lowers it for each
 face. Starting from an edit `w_e` of a source `w`, it optimises `w_r` (Adam, a fixed number of
 steps) to minimise, per sample,
 
-    HFLD(w, w_r)                                         landmarks back to the source's
+    P(w, w_r)                                            the preservation loss: HFLD, and the
+                                                         emotion or identity terms it carries
     + target_weight * max(0, margin - s * logit(w_r))    stay on the target side of the attribute
     + proximity_weight * mean((w_r - w_e)^2)             stay close to the edit
 
 with `s = +1` when the edit adds the attribute and `-1` when it removes it. The hinge is zero
 once the latent classifier is `margin` logits past its boundary, so it only pushes back when
-the landmark term would undo the edit. Each sample's loss depends on its own latent only and
+the preservation terms would undo the edit. Each sample's loss depends on its own latent only and
 Adam works per element, so a sample's result does not depend on the batch it is refined in.
 """
 
@@ -21,14 +22,15 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.editing.hfld import HFLDLoss, mkldnn_disabled
+from pipeline.editing.hfld import mkldnn_disabled
 from pipeline.editing.latent_classifier import LatentClassifier
+from pipeline.editing.preservation import PreservationLoss
 from pipeline.errors import ConfigError, ImageError
 
 
 @dataclass(frozen=True)
 class RefinementConfig:
-    """Step budget and weights of the refinement objective (HFLD's lambda is `HFLDLoss.weight`)."""
+    """Step budget and weights of the refinement objective (the preservation loss weighs its own terms)."""
 
     steps: int = 50
     lr: float = 0.01
@@ -48,8 +50,8 @@ class RefinementResult:
     """Refined latents and the per-sample quantities before and after refinement."""
 
     latents: torch.Tensor
-    hfld_before: torch.Tensor
-    hfld_after: torch.Tensor
+    preservation_before: torch.Tensor
+    preservation_after: torch.Tensor
     target_logit_before: torch.Tensor
     target_logit_after: torch.Tensor
 
@@ -58,18 +60,18 @@ def refine_edits(
     edited: torch.Tensor,
     source: torch.Tensor,
     *,
-    hfld: HFLDLoss,
+    preservation: PreservationLoss,
     classifier: LatentClassifier,
     attribute: str,
     add: torch.Tensor | bool,
     config: RefinementConfig | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> RefinementResult:
-    """Refine a batch of edits `(N, *latent_shape)` of `source` towards the source's landmarks.
+    """Refine a batch of edits `(N, *latent_shape)` of `source` towards what the source shows.
 
     Args:
         edited, source: latents of the edits and of their sources, same shape.
-        hfld: the HFLD loss (generator, landmark detector, lambda and options).
+        preservation: the preservation loss (generator, HFLD and further terms, their weights).
         classifier: latent classifier whose `attribute` logit the edit must keep.
         add: per sample (or for all) whether the edit adds the attribute (True: keep the
             logit above `margin`) or removes it (False: keep it below `-margin`).
@@ -88,21 +90,21 @@ def refine_edits(
         raise ConfigError(f"refinement add: expected a bool or shape ({len(edited)},), got {tuple(add.shape)}")
     sign = torch.where(add.bool(), 1.0, -1.0).to(edited.dtype)
     edited = edited.detach()
-    source_points = hfld.source_landmarks(source)
+    reference = preservation.reference(source)
     offset = torch.zeros_like(edited, requires_grad=True)
     optimizer = torch.optim.Adam([offset], lr=config.lr)
 
     def measure(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return hfld(latents, source_landmarks=source_points, reduction="none"), classifier(latents)[:, target]
+        return preservation(latents, reference, reduction="none"), classifier(latents)[:, target]
 
     with mkldnn_disabled():
         with torch.no_grad():
-            hfld_before, logit_before = measure(edited)
+            preservation_before, logit_before = measure(edited)
         for step in range(config.steps):
             latents = edited + offset
-            landmark_term, logit = measure(latents)
+            preservation_term, logit = measure(latents)
             objective = (
-                landmark_term
+                preservation_term
                 + config.target_weight * torch.relu(config.margin - sign * logit)
                 + config.proximity_weight * offset.square().flatten(1).mean(dim=1)
             )
@@ -113,5 +115,5 @@ def refine_edits(
                 callback(step, objective.detach())
         refined = (edited + offset).detach()
         with torch.no_grad():
-            hfld_after, logit_after = measure(refined)
-    return RefinementResult(refined, hfld_before, hfld_after, logit_before, logit_after)
+            preservation_after, logit_after = measure(refined)
+    return RefinementResult(refined, preservation_before, preservation_after, logit_before, logit_after)

@@ -1,4 +1,4 @@
-"""Training one latent editor: the Latent Transformer's loss, plus the HFLD term.
+"""Training one latent editor: the Latent Transformer's loss, plus the preservation terms.
 
 The base loss is that of Yao et al. (ICCV 2021; InterDigitalInc/latent-transformer,
 `trainer.Trainer.compute_loss`), with the weights of its released configuration:
@@ -16,8 +16,9 @@ two targets within a batch, and attributes whose label correlation with the targ
 masked logits over attributes, this sums the weighted per-attribute MSEs, the form written above.
 
 He and McGough (arXiv 2505.06436) add `lambda * HFLD(w, w')`, which needs the generator and
-the landmark detector on every edited sample. Rendering dominates the cost of a step, so the
-term is computed on the first `ceil(hfld_fraction * batch_size)` samples of each batch only.
+the landmark detector on every edited sample; a `PreservationLoss` may add emotion and identity
+terms read from the same renders. Rendering dominates the cost of a step, so these terms are
+computed on the first `ceil(hfld_fraction * batch_size)` samples of each batch only.
 
 Every random choice of step `t` (the batch, the strengths) is drawn from a random state derived
 from `(seed, t)`, so a run resumed from a checkpoint (editor, Adam state, step) continues
@@ -41,8 +42,9 @@ from torch import nn
 
 from pipeline.editing.directions import check_latents
 from pipeline.editing.editor import LatentEditor
-from pipeline.editing.hfld import HFLDLoss, mkldnn_disabled
+from pipeline.editing.hfld import mkldnn_disabled
 from pipeline.editing.latent_classifier import LatentClassifier
+from pipeline.editing.preservation import PreservationLoss
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.images import write_atomic
 
@@ -63,7 +65,7 @@ class EditorTrainingConfig:
         steps: total optimisation steps (a resumed run continues up to this number).
         batch_size, lr, betas, weight_decay: Adam on batches of latents.
         classification_weight, latent_weight, keep_weight: the three base loss weights.
-        hfld_fraction: share of each batch (rounded up) on which HFLD is rendered and measured.
+        hfld_fraction: share of each batch (rounded up) rendered for the preservation terms.
         strength: "latent_transformer" draws nothing (strength = flipped label - probability);
             "uniform" draws |a| uniformly from `strength_range`, signed towards the flipped label.
         balance_classes: weight the BCE so both target labels count equally within a batch.
@@ -154,15 +156,15 @@ def batch_indices(num_latents: int, batch_size: int, *, seed: int, step: int) ->
 
 
 class EditorTrainer:
-    """Trains `editor` against a frozen latent classifier, optionally with the HFLD term.
+    """Trains `editor` against a frozen latent classifier, optionally with preservation terms.
 
     Args:
         editor: the editor to train (e.g. `LatentEditor.from_direction(direction)`); updated in place.
         classifier: predicts the attribute logits; used as given (eval mode, not updated).
         latents: the training pool `(N, *latent_shape)`, on any device; batches move to the editor's.
         config: hyper-parameters, see `EditorTrainingConfig`.
-        hfld: the HFLD loss (its `weight` is lambda); None or weight 0 trains the base editor
-            and never renders.
+        preservation: HFLD (its `weight` is lambda) and further terms; None or no positive
+            weight trains the base editor and never renders.
     """
 
     def __init__(
@@ -172,7 +174,7 @@ class EditorTrainer:
         latents: torch.Tensor,
         config: EditorTrainingConfig,
         *,
-        hfld: HFLDLoss | None = None,
+        preservation: PreservationLoss | None = None,
     ) -> None:
         check_latents(latents, editor.latent_shape, what="training latents")
         if tuple(classifier.latent_shape) != editor.latent_shape:
@@ -185,7 +187,7 @@ class EditorTrainer:
         self.classifier = classifier
         self.latents = latents.detach()
         self.config = config
-        self.hfld = hfld if hfld is not None and hfld.weight > 0 else None
+        self.preservation = preservation if preservation is not None and preservation.active else None
         self.step = 0
         self.optimizer = torch.optim.Adam(
             editor.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -240,10 +242,13 @@ class EditorTrainer:
             + config.latent_weight * terms["latent"]
             + config.keep_weight * terms["keep"]
         )
-        if self.hfld is not None:
+        if self.preservation is not None:
             count = math.ceil(config.hfld_fraction * len(source))
-            terms["hfld"] = self.hfld(edited[:count], source_latents=source[:count])
-            terms["total"] = terms["total"] + terms["hfld"]
+            values = self.preservation.per_term(edited[:count], self.preservation.reference(source[:count]))
+            weights = self.preservation.weights()
+            for name, value in values.items():
+                terms["hfld" if name == "landmarks" else name] = weights[name] * value.mean()
+            terms["total"] = terms["total"] + self.preservation.weighted(values).mean()
         with torch.no_grad():
             terms["success"] = ((logits_edit[:, self.target] > 0).to(source.dtype) == target).to(source.dtype).mean()
         return terms
@@ -284,12 +289,20 @@ class EditorTrainer:
                 self.save_checkpoint(path, losses=losses)
         return losses
 
+    def objective_record(self) -> dict[str, Any]:
+        """HFLD's options (None without HFLD) and the other preservation terms' weights (None
+        without any), as stored in checkpoints and editor records."""
+        preservation = self.preservation
+        hfld = preservation.hfld if preservation is not None and preservation.hfld.weight > 0 else None
+        terms = preservation.describe()["terms"] if preservation is not None else {}
+        return {"hfld": None if hfld is None else hfld.describe(), "preservation": terms or None}
+
     def record(self) -> dict[str, Any]:
         """What produced the editor, for `save_editor(extra=...)` and manifests."""
         return {
             "step": self.step,
             "training": self.config.as_dict(),
-            "hfld": None if self.hfld is None else self.hfld.describe(),
+            **self.objective_record(),
             "classifier_attributes": list(self.classifier.attributes),
             "inputs": self.inputs_digest,
         }
@@ -302,7 +315,7 @@ class EditorTrainer:
             "step": self.step,
             "config": self.config.as_dict(),
             "editor_config": self.editor.config,
-            "hfld": None if self.hfld is None else self.hfld.describe(),
+            **self.objective_record(),
             "inputs": self.inputs_digest,
             "editor": self.editor.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -337,11 +350,12 @@ class EditorTrainer:
                 f"{path}: checkpoint of a different run (fields {', '.join(changed)} differ); "
                 "use the original configuration or a new checkpoint path"
             )
-        hfld = None if self.hfld is None else self.hfld.describe()
-        if state["editor_config"] != self.editor.config or state["hfld"] != hfld:
+        objective = self.objective_record()
+        stored_objective = {key: state.get(key) for key in objective}
+        if state["editor_config"] != self.editor.config or stored_objective != objective:
             raise CheckpointError(
-                f"{path}: checkpoint editor {state['editor_config']} / HFLD {state['hfld']} differ from "
-                f"this run's {self.editor.config} / {hfld}"
+                f"{path}: checkpoint editor {state['editor_config']} / HFLD and preservation terms {stored_objective} differ from "
+                f"this run's {self.editor.config} / {objective}"
             )
         if state["inputs"] != self.inputs_digest:
             differing = sorted(k for k in self.inputs_digest if state["inputs"].get(k) != self.inputs_digest[k])

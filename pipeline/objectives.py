@@ -1,0 +1,85 @@
+"""The preservation objective as a run configures it, and where each editor it trains lives.
+
+HFLD uses FaceMesh landmarks (planar, normalised by the inter-ocular distance, optionally
+similarity-aligned on the face oval); the emotion term compares the in-pipeline emotion
+ensemble's distributions (the FER2013 model on the whole face, face-api.js's network on the
+FaceMesh box), and the identity term SFace embeddings aligned on five FaceMesh points, the same
+models and crops that score the manifest. Editing and training both build their losses here,
+so applying an edit never imports the training stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.config import PreservationWeights, RunConfig
+from pipeline.editing.hfld import HFLDLoss
+from pipeline.editing.preservation import FaceTerm, PreservationLoss, cosine_distance, kl_divergence
+from pipeline.models.emotion import EmotionClassifier
+from pipeline.models.face_expression import FaceExpressionClassifier
+from pipeline.models.facemesh import BROWS, EYES, FACE_OVAL, LEFT_EYE, LIPS, RIGHT_EYE, FaceMeshLandmarker
+from pipeline.models.generator import FaceGenerator
+from pipeline.models.identity import IdentityEncoder, align_faces
+from pipeline.scoring import expression_boxes, five_points
+
+EXPRESSION_LANDMARKS = LIPS + EYES + BROWS
+
+
+def editor_path(directory: Path, attribute: str, weights: PreservationWeights) -> Path:
+    """An editor's file; HFLD-only editors keep their lambda names (`age-lambda1000`)."""
+    name = f"lambda{weights.landmarks:g}" if weights.landmarks_only else weights.slug
+    return Path(directory) / "editors" / f"{attribute}-{name}.safetensors"
+
+
+def hfld_loss(config: RunConfig, generator: FaceGenerator, hfld_lambda: float) -> HFLDLoss:
+    """HFLD as configured: planar FaceMesh points, inter-ocular normalisation, optional
+    similarity alignment on the face oval (so a head-shape change is not counted as expression)."""
+    landmarker = FaceMeshLandmarker().to(generator.device).eval()
+    settings = config.training
+    return HFLDLoss(
+        generator,
+        lambda images: landmarker(images)[0],
+        weight=hfld_lambda,
+        planar=True,
+        indices=None if settings.landmarks == "all" else EXPRESSION_LANDMARKS,
+        iod=(RIGHT_EYE, LEFT_EYE),
+        align=settings.align,
+        align_indices=FACE_OVAL if settings.align else None,
+    )
+
+
+class EnsembleEmotion(torch.nn.Module):
+    """The emotion ensemble's distribution `(N, 7)`, differentiable: the mean of the models'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fer = EmotionClassifier().eval()
+        self.faceapi = FaceExpressionClassifier().eval()
+
+    def forward(self, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        fer = torch.softmax(self.fer(images), dim=1)
+        faceapi = torch.softmax(self.faceapi(images, expression_boxes(landmarks)), dim=1)
+        return (fer + faceapi) / 2
+
+
+class AlignedIdentity(torch.nn.Module):
+    """SFace embeddings `(N, 128)` of faces aligned on five FaceMesh points, differentiable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = IdentityEncoder().eval()
+
+    def forward(self, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        return self.encoder(align_faces(images, five_points(landmarks)))
+
+
+def preservation_loss(config: RunConfig, generator: FaceGenerator, weights: PreservationWeights) -> PreservationLoss:
+    """The preservation loss with `weights`; a term's models load only when its weight is positive."""
+    terms = []
+    if weights.emotion > 0:
+        terms.append(FaceTerm("emotion", weights.emotion, EnsembleEmotion().to(generator.device), kl_divergence))
+    if weights.identity > 0:
+        terms.append(FaceTerm("identity", weights.identity, AlignedIdentity().to(generator.device), cosine_distance))
+    return PreservationLoss(hfld_loss(config, generator, weights.landmarks), terms)
