@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas import EMOTION_LABELS, Col
+from pipeline.config import PreservationWeights
 from pipeline.manifest import read_manifest
 
 GROUP = [Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]
@@ -56,7 +57,8 @@ CHANGE_METRICS = {
     "dlib68_nme": "dlib68",
     "dlib68_nme_aligned": "dlib68",
 }
-METHOD_ORDER = ("linear", "linear_projected", "editor", "editor_hfld", "refined")
+METHOD_ORDER = ("linear", "linear_projected", "editor", "editor_hfld", "refined", "editor_preserve", "refined_preserve")
+BASE_METHODS = ("linear", "linear_projected", "editor")
 EXTRAPOLATION_LIMIT = 0.05
 DRAWS = 1000
 CONFIDENT = 0.6
@@ -64,10 +66,36 @@ _BOOLEAN = (Col.ATTRIBUTE_REACHED, Col.EMOTION_FLIPPED, Col.FACE_DETECTED_EDIT, 
 
 
 def load_edits(run_dirs: list[Path]) -> pd.DataFrame:
-    """The edit rows of one or more runs (source-only rows dropped), with their run directory."""
+    """The edit rows of one or more runs (source-only rows dropped), with their run directory.
+
+    The `editor` column names the method as compared: a preserving editor's weights and the lock
+    are part of it (`editor_preserve l1000-e30`, `editor_preserve l1000-e30+lock`), so editors
+    with other terms, and locked and unlocked edits of pooled runs, are told apart.
+    """
     frames = [read_manifest(d).to_pandas().assign(**{RUN_DIR: str(d)}) for d in run_dirs]
     frame = pd.concat(frames, ignore_index=True)
-    return frame[frame[Col.ATTRIBUTE].notna()].reset_index(drop=True)
+    frame = frame[frame[Col.ATTRIBUTE].notna()].reset_index(drop=True)
+    return frame.assign(**{Col.EDITOR: [method_label(row) for row in frame.to_dict("records")]})
+
+
+def method_label(row: dict) -> str:
+    """The compared method of a manifest row: editor, preservation weights, lock."""
+    label = row[Col.EDITOR]
+    weights = row.get(Col.PRESERVATION)
+    if label.endswith("_preserve") and weights is not None:
+        slug = PreservationWeights(*(float(weights[k]) for k in ("landmarks", "emotion", "identity"))).slug
+        label = f"{label} {slug}"
+    candidates = row.get(Col.LOCK_CANDIDATES)
+    if candidates is not None and not pd.isna(candidates) and candidates > 1:
+        label = f"{label}+lock"
+    return label
+
+
+def method_rank(label: str) -> int:
+    """Where a method label sorts: by its base method in `METHOD_ORDER`, locked after unlocked."""
+    base = label.split(" ")[0].split("+")[0]
+    rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+    return 2 * rank + label.endswith("+lock")
 
 
 def attach_judges(edits: pd.DataFrame, *, cache: Path | None = None) -> pd.DataFrame:
@@ -98,7 +126,7 @@ def _metrics_of(edits: pd.DataFrame) -> dict[str, tuple[str, str]]:
 def summarise(edits: pd.DataFrame) -> pd.DataFrame:
     """One row per (attribute, strength, method, lambda) with the comparison metrics."""
     summary = _numeric(edits).groupby(GROUP, dropna=False).agg(**_metrics_of(edits)).reset_index()
-    order = summary[Col.EDITOR].map({m: i for i, m in enumerate(METHOD_ORDER)})
+    order = summary[Col.EDITOR].map(method_rank)
     return summary.assign(_order=order).sort_values([Col.ATTRIBUTE, Col.STRENGTH, "_order", Col.HFLD_LAMBDA]).drop(columns="_order").reset_index(drop=True)
 
 
@@ -198,8 +226,9 @@ def reductions(
 
 
 def hfld_reductions(edits: pd.DataFrame, *, draws: int = DRAWS) -> pd.DataFrame:
-    """`reductions` of the HFLD editor and of its refinement, whichever the edits hold."""
-    methods = [m for m in ("editor_hfld", "refined") if (edits[Col.EDITOR] == m).any()]
+    """`reductions` against the editor without preservation of every preserving method the
+    edits hold (HFLD editor, refinement, preserving editors, locked or not)."""
+    methods = sorted((m for m in set(edits[Col.EDITOR]) if m not in BASE_METHODS), key=method_rank)
     if "editor" not in set(edits[Col.EDITOR]) or not methods:
         return pd.DataFrame()
     return pd.concat([reductions(edits, ours=m, draws=draws) for m in methods], ignore_index=True)
@@ -276,8 +305,8 @@ def contact_sheet_cells(edits: pd.DataFrame, *, attribute: str, strength: float,
     from pipeline.images import read_png
 
     chosen = edits[(edits[Col.ATTRIBUTE] == attribute) & np.isclose(edits[Col.STRENGTH], strength)]
-    methods = sorted(chosen[[Col.EDITOR, Col.HFLD_LAMBDA]].drop_duplicates().itertuples(index=False), key=lambda m: (METHOD_ORDER.index(m[0]), m[1]))
-    labels = ["source"] + [f"{m}" if m in ("linear", "linear_projected", "editor") else f"{m} l={l:g}" for m, l in methods]
+    methods = sorted(chosen[[Col.EDITOR, Col.HFLD_LAMBDA]].drop_duplicates().itertuples(index=False), key=lambda m: (method_rank(m[0]), m[1]))
+    labels = ["source"] + [m if m in BASE_METHODS or " " in m else f"{m} l={l:g}" for m, l in methods]
     rows = []
     for seed in sorted(chosen[Col.SEED].unique())[:sources]:
         of_seed = chosen[chosen[Col.SEED] == seed]
@@ -305,7 +334,7 @@ def plot_tradeoff(summary: pd.DataFrame, path: Path, *, attribute: str, metric: 
     figure, axes = plt.subplots(figsize=(6, 4.5))
     for (method, hfld_lambda), group in rows.groupby([Col.EDITOR, Col.HFLD_LAMBDA]):
         group = group.sort_values(Col.STRENGTH)
-        label = method if hfld_lambda == 0 else f"{method} lambda={hfld_lambda:g}"
+        label = method if hfld_lambda == 0 or " " in method else f"{method} lambda={hfld_lambda:g}"
         axes.plot([0, *group["attribute_success"]], [0, *group[metric]], marker="o", label=label)
     axes.set_xlabel(f"attribute success ({attribute})")
     axes.set_ylabel(metric.replace("_", " "))
