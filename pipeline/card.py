@@ -47,6 +47,7 @@ def write_card(run_dir: Path) -> Path:
         _models_section(models),
         _counts_section(summary),
         _expressions_section(summary, record),
+        _lock_section(summary, record),
         _metrics_section(summary),
         _plots_section(run_dir, plots),
         _limitations_section(summary, models, record),
@@ -159,6 +160,27 @@ def _expressions_section(summary: dict[str, Any], record: dict[str, Any]) -> str
         rows.append(
             f"| {label} | {share} | {y['faces']} | {y['candidates']} | {y['acceptance_rate']:.3f} | {y['mean_steps']:.2f} |"
         )
+    return "\n".join(rows)
+
+
+def _lock_section(summary: dict[str, Any], record: dict[str, Any]) -> str:
+    """Per attribute, the share of edits the per-edit lock kept within its emotion budget."""
+    shares = summary["locked_share_by_attribute"]
+    if shares == NOT_SCORED:
+        return "## Expression lock\n\nOff: each edit is the editor's output at the configured strength."
+    lock = record.get("config", {}).get("edits", {}).get("lock", {})
+    rows = [
+        "## Expression lock",
+        "",
+        f"Each edit is the candidate, of {lock.get('candidates', 'n/a')} along the editor's path, that reached the "
+        "attribute with the least change of the emotion ensemble's distribution. An edit is locked when that "
+        f"change is at most {lock.get('max_change', 'n/a')} bits (JS); edits that are not are kept and flagged "
+        "(`expression_locked` false).",
+        "",
+        "| attribute | locked share |",
+        "|---|---|",
+        *(f"| {attribute} | {share:.3f} |" for attribute, share in shares.items()),
+    ]
     return "\n".join(rows)
 
 

@@ -225,13 +225,81 @@ def reductions(
     return pd.DataFrame.from_records(records)
 
 
-def hfld_reductions(edits: pd.DataFrame, *, draws: int = DRAWS) -> pd.DataFrame:
+def method_reductions(edits: pd.DataFrame, *, draws: int = DRAWS) -> pd.DataFrame:
     """`reductions` against the editor without preservation of every preserving method the
     edits hold (HFLD editor, refinement, preserving editors, locked or not)."""
     methods = sorted((m for m in set(edits[Col.EDITOR]) if m not in BASE_METHODS), key=method_rank)
     if "editor" not in set(edits[Col.EDITOR]) or not methods:
         return pd.DataFrame()
     return pd.concat([reductions(edits, ours=m, draws=draws) for m in methods], ignore_index=True)
+
+
+# (summary column, scorer, metric name) of the long table, in its order.
+LONG_METRICS = (
+    ("attribute_success", "pipeline", "attribute_success"),
+    ("emotion_js", "pipeline", "emotion_js"),
+    ("emotion_flip_rate", "pipeline", "emotion_flip"),
+    ("landmark_nme", "pipeline", "landmark_nme"),
+    ("identity_cosine", "pipeline", "identity_cosine"),
+    ("pyemotion_js", "pyemotion", "emotion_js"),
+    ("pyemotion_flip_rate", "pyemotion", "emotion_flip"),
+    ("dlib68_nme", "dlib68", "landmark_nme"),
+    ("dlib68_nme_aligned", "dlib68", "landmark_nme_aligned"),
+)
+
+
+def method_name(editor: str, hfld_lambda: float) -> str:
+    """A method as the long table names it: HFLD methods carry their lambda."""
+    return f"{editor} l{hfld_lambda:g}" if editor in ("editor_hfld", "refined") else editor
+
+
+def long_table(summary: pd.DataFrame, reduced: pd.DataFrame) -> pd.DataFrame:
+    """One row per (attribute, strength, method, scorer, metric): the value, and where the
+    method is compared with the base editor, its reduction at equal success and interval."""
+    keyed = {}
+    for row in reduced.to_dict("records"):
+        key = (row[Col.ATTRIBUTE], row[Col.STRENGTH], method_name(row[Col.EDITOR], row[Col.HFLD_LAMBDA]), row["metric"])
+        keyed[key] = row
+    records = []
+    for row in summary.to_dict("records"):
+        method = method_name(row[Col.EDITOR], row[Col.HFLD_LAMBDA])
+        for column, scorer, metric in LONG_METRICS:
+            if column not in row:
+                continue
+            match = keyed.get((row[Col.ATTRIBUTE], row[Col.STRENGTH], method, column), {})
+            records.append({
+                "attribute": row[Col.ATTRIBUTE], "strength": row[Col.STRENGTH], "method": method, "scorer": scorer,
+                "metric": metric, "value": row[column], "reduction": match.get("reduction", np.nan),
+                "low": match.get("low", np.nan), "high": match.get("high", np.nan),
+            })
+    return pd.DataFrame.from_records(records, columns=["attribute", "strength", "method", "scorer", "metric", "value", "reduction", "low", "high"])
+
+
+def lock_table(edits: pd.DataFrame) -> pd.DataFrame:
+    """Per locked method, attribute and strength: the share of edits the lock kept within its
+    budget, and how often PyEmotion sees the dominant emotion unchanged (over edits it judged),
+    on all sources and on sources with a confident label."""
+    locked = edits[edits[Col.EDITOR].str.endswith("+lock")]
+    if locked.empty:
+        return pd.DataFrame()
+    judged = "pyemotion_flipped" in locked
+    confident = confident_sources(locked) if judged else locked.iloc[:0]
+    rows = []
+    for (attribute, strength, editor), part in locked.groupby([Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR]):
+        sure = confident.loc[confident.index.intersection(part.index)]
+        row = {
+            Col.ATTRIBUTE: attribute, Col.STRENGTH: strength, Col.EDITOR: editor, "edits": len(part),
+            "locked_share": part[Col.EXPRESSION_LOCKED].astype(float).mean(),
+            "attribute_success": part[Col.ATTRIBUTE_REACHED].astype(float).mean(),
+        }
+        if judged:
+            row["pyemotion_unchanged"] = 1 - part["pyemotion_flipped"].astype(float).mean()
+            row["confident_edits"] = len(sure)
+            row["pyemotion_unchanged_confident"] = 1 - sure["pyemotion_flipped"].astype(float).mean()
+            locked_sure = sure[sure[Col.EXPRESSION_LOCKED].astype(bool)]
+            row["pyemotion_unchanged_confident_locked"] = 1 - locked_sure["pyemotion_flipped"].astype(float).mean()
+        rows.append(row)
+    return pd.DataFrame.from_records(rows)
 
 
 def confident_sources(edits: pd.DataFrame, threshold: float = CONFIDENT) -> pd.DataFrame:
@@ -371,12 +439,14 @@ def write_report(
     if judges:
         edits = attach_judges(edits, cache=exprlock_home() / "judges" / "scores.parquet")
     summary = summarise(edits)
-    reduced = hfld_reductions(edits, draws=draws)
+    reduced = method_reductions(edits, draws=draws)
     confident = confident_sources(edits)
-    reduced_confident = hfld_reductions(confident, draws=draws) if len(confident) else pd.DataFrame()
+    reduced_confident = method_reductions(confident, draws=draws) if len(confident) else pd.DataFrame()
     out.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(out / f"{name}.csv", index=False)
+    long_table(summary, reduced).to_csv(out / f"{name}.csv", index=False)
+    summary.to_csv(out / f"{name}-summary.csv", index=False)
     reduced.to_csv(out / f"{name}-reductions.csv", index=False)
+    locks = lock_table(edits)
     pipeline_columns = [*GROUP, *METRICS]
     lines = [
         f"# {name}",
@@ -403,13 +473,14 @@ def write_report(
             "",
         ]
     lines += [
-        "## Reduction in change against the editor without HFLD, at equal attribute success",
+        "## Reduction in change against the editor without preservation terms, at equal attribute success",
         "",
-        "Each row reads the method (the HFLD editor or its refinement) at the attribute success the",
-        "editor without HFLD reached, along its success/change curve over the strengths.",
+        "Each row reads the method (an editor trained with HFLD or other preservation terms, refined or",
+        "locked) at the attribute success the editor without them reached, along its success/change",
+        "curve over the strengths.",
         f"`low`/`high`: bootstrap 95 % interval over {draws} resamplings of the sources.",
         "",
-        markdown_table(reduced) if len(reduced) else "No base editor and HFLD method to compare.",
+        markdown_table(reduced) if len(reduced) else "No base editor and preserving method to compare.",
         "",
         f"### The same on sources with a confident label (ensemble confidence at least {CONFIDENT:g}, models agreeing)",
         "",
@@ -418,6 +489,18 @@ def write_report(
         markdown_table(reduced_confident) if len(reduced_confident) else "Too few sources to compare.",
         "",
     ]
+    if len(locks):
+        lines += [
+            "## The per-edit lock",
+            "",
+            "`locked_share`: edits whose kept candidate changed the ensemble's emotion within the lock's budget.",
+            "`pyemotion_unchanged*`: share of the edits PyEmotion judged (a face in both images) whose",
+            "dominant emotion it sees unchanged; `_confident`: on sources with a confident label; `_locked`:",
+            "of those, the edits the lock flagged as locked.",
+            "",
+            markdown_table(locks),
+            "",
+        ]
     if judges:
         lines += [
             "## Agreement of the held-out emotion judge with the pipeline's source label",

@@ -73,6 +73,7 @@ def summarize(manifest: RunManifest) -> dict[str, Any]:
     summary["failures"] = _failures(table)
     summary["metrics"] = {name: _describe(table.column(name)) for name in metric_columns(table)} or NOT_SCORED
     summary["expressions"] = expression_yield(table)
+    summary["locked_share_by_attribute"] = _grouped_mean(table, Col.EXPRESSION_LOCKED, Col.ATTRIBUTE)
     return summary
 
 
@@ -128,6 +129,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines.append(f"{'flip rate':<16}{_inline(summary['flip_rate'])}")
     if summary["flip_rate_by_attribute"] != NOT_SCORED:
         lines.append(f"{'  by attribute':<16}{_inline(summary['flip_rate_by_attribute'])}")
+    if summary["locked_share_by_attribute"] != NOT_SCORED:
+        lines.append(f"{'locked share':<16}{_inline(summary['locked_share_by_attribute'])}")
     lines.append(f"{'failures':<16}{_inline(summary['failures'])}")
     if summary["expressions"] != NOT_SCORED:
         for label, y in summary["expressions"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from data_schemas import Col
-from pipeline.config import PreservationWeights, RunConfig, parse_config
+from pipeline.card import write_card
+from pipeline.config import LockConfig, PreservationWeights, RunConfig, parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, read_report
 from pipeline.editing.editor import load_editor
 from pipeline.edits import edit_directions
@@ -139,3 +141,36 @@ def test_w_plus_editing_runs_unchanged_on_a_stylegan2_checkpoint(tmp_path: Path)
         assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     refined = frame[frame[Col.EDITOR] == "refined"]
     assert (refined[Col.LANDMARK_NME] >= 0).all() and refined[Col.EMOTION_PROBS_EDIT].map(len).eq(7).all()
+
+
+@pytest.mark.slow
+def test_the_lock_keeps_a_reaching_candidate_that_changes_the_emotion_least(tmp_path: Path) -> None:
+    """The lock's choice, run against the same edits without it: where the plain edit reaches the
+    attribute the kept one changes the emotion no more, and the flags match the manifest."""
+    settings = {"sources": {"count": 3, "first_seed": 700}}
+    plain = small_edit_config(tmp_path / "models", "hair_lightness", 3.0, **settings)
+    edits = plain.edits.model_copy(update={"methods": ["editor_preserve"]})
+    plain = plain.model_copy(update={"edits": edits})
+    locked = plain.model_copy(update={"edits": edits.model_copy(update={"lock": LockConfig(candidates=3, max_change=0.05)})})
+    train_models(plain, load_dcgan())
+    frames = []
+    for config, name in ((plain, "plain"), (locked, "locked")):
+        run_dir = prepare_run(config, tmp_path / name)
+        generate_shard(config, run_dir, 0)
+        frames.append(read_manifest(run_dir).to_pandas().set_index(Col.SEED))
+    plain_rows, locked_rows = frames
+
+    weights = plain.edits.preserve[0].weights("hair_lightness")
+    assert locked_rows[Col.PRESERVATION].tolist() == [dataclasses.asdict(weights)] * 3
+    assert plain_rows[Col.LOCK_CANDIDATES].isna().all() and (locked_rows[Col.LOCK_CANDIDATES] == 3).all()
+    assert set(locked_rows[Col.LOCK_STRENGTH]) <= {1.5, 3.0, 4.5}
+    assert locked_rows[Col.EXPRESSION_LOCKED].tolist() == (locked_rows[Col.EMOTION_JS] <= 0.05).tolist()
+    reached = plain_rows[Col.ATTRIBUTE_REACHED]
+    assert reached.any()
+    assert (locked_rows.loc[reached, Col.EMOTION_JS] <= plain_rows.loc[reached, Col.EMOTION_JS] + 1e-6).all()
+    assert locked_rows.loc[reached, Col.ATTRIBUTE_REACHED].all()
+    kept_plain = locked_rows[Col.LOCK_STRENGTH] == 3.0
+    assert (locked_rows.loc[kept_plain, Col.IMAGE_EDIT_SHA256] == plain_rows.loc[kept_plain, Col.IMAGE_EDIT_SHA256]).all()
+    card = write_card(tmp_path / "locked").read_text()
+    assert f"| hair_lightness | {locked_rows[Col.EXPRESSION_LOCKED].mean():.3f} |" in card
+    assert "Off: each edit is the editor's output" in write_card(tmp_path / "plain").read_text()

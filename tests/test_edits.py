@@ -21,7 +21,15 @@ from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementResult
 from pipeline.editing.synthetic import TinyGenerator
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.evaluation import change_at_success, hfld_reductions, reductions, summarise
+from pipeline.evaluation import (
+    change_at_success,
+    lock_table,
+    long_table,
+    method_label,
+    method_reductions,
+    reductions,
+    summarise,
+)
 from pipeline.objectives import editor_path
 from pipeline.train_editors import required_editors, train_editor
 from test_discovery import LATENT_DIM, PlantedScorer
@@ -224,13 +232,48 @@ def test_bootstrap_intervals_follow_the_data() -> None:
 def test_the_refinement_is_compared_with_the_base_editor_too() -> None:
     rows = _summary_rows()
     refined = rows[rows[Col.EDITOR] == "editor_hfld"].assign(**{Col.EDITOR: "refined", Col.EMOTION_JS: lambda f: f[Col.EMOTION_JS] / 2})
-    table = hfld_reductions(pd.concat([rows, refined]), draws=100)
+    table = method_reductions(pd.concat([rows, refined]), draws=100)
     table = table[table["metric"] == "emotion_js"]
     assert table[Col.EDITOR].tolist() == ["editor_hfld", "editor_hfld", "refined", "refined"]
     by_method = table.set_index([Col.EDITOR, Col.STRENGTH])["reduction"]
     assert by_method["editor_hfld", 3.0] == pytest.approx((0.10 - 0.04) / 0.10)
     assert by_method["refined", 3.0] == pytest.approx((0.10 - 0.02) / 0.10)
-    assert hfld_reductions(rows[rows[Col.EDITOR] == "editor"]).empty
+    assert method_reductions(rows[rows[Col.EDITOR] == "editor"]).empty
+
+
+def test_the_long_table_holds_every_value_and_the_reductions_beside_them() -> None:
+    rows = _summary_rows()
+    summary, reduced = summarise(rows), method_reductions(rows, draws=100)
+    table = long_table(summary, reduced)
+    assert list(table.columns) == ["attribute", "strength", "method", "scorer", "metric", "value", "reduction", "low", "high"]
+    # Five pipeline metrics per (strength, method); no judge columns in these rows.
+    assert len(table) == 2 * 2 * 5 and set(table["scorer"]) == {"pipeline"}
+    js = table[(table["metric"] == "emotion_js") & (table["strength"] == 3.0)].set_index("method")
+    assert js.loc["editor", "value"] == pytest.approx(0.10) and np.isnan(js.loc["editor", "reduction"])
+    assert js.loc["editor_hfld l10", "value"] == pytest.approx(0.05)
+    assert js.loc["editor_hfld l10", "reduction"] == pytest.approx((0.10 - 0.04) / 0.10)
+    flips = table[(table["metric"] == "emotion_flip") & (table["method"] == "editor")]
+    assert (flips["value"] == 0).all()
+
+
+def test_preserving_and_locked_edits_are_methods_of_their_own() -> None:
+    weights = {"landmarks": 1000.0, "emotion": 30.0, "identity": 0.0}
+    row = {Col.EDITOR: "editor_preserve", Col.PRESERVATION: weights, Col.LOCK_CANDIDATES: None}
+    assert method_label(row) == "editor_preserve l1000-e30"
+    assert method_label({**row, Col.LOCK_CANDIDATES: 5}) == "editor_preserve l1000-e30+lock"
+    assert method_label({Col.EDITOR: "editor_hfld", Col.PRESERVATION: {**weights, "emotion": 0.0}}) == "editor_hfld"
+    rows = _summary_rows()
+    base, hfld = rows[rows[Col.EDITOR] == "editor"], rows[rows[Col.EDITOR] == "editor_hfld"]
+    locked = hfld.assign(**{
+        Col.EDITOR: "editor_preserve l10-e30+lock", Col.EMOTION_JS: hfld[Col.EMOTION_JS] / 4,
+        Col.EXPRESSION_LOCKED: hfld[Col.SEED] % 2 == 0,
+    })
+    table = method_reductions(pd.concat([base, hfld, locked]), draws=100)
+    js = table[(table["metric"] == "emotion_js") & (table[Col.STRENGTH] == 3.0)].set_index(Col.EDITOR)["reduction"]
+    assert js["editor_preserve l10-e30+lock"] == pytest.approx((0.10 - 0.01) / 0.10)
+    assert summarise(pd.concat([locked, hfld, base]))[Col.EDITOR].tolist()[:3] == ["editor", "editor_hfld", "editor_preserve l10-e30+lock"]
+    shares = lock_table(pd.concat([base, locked]))
+    assert shares["locked_share"].tolist() == [0.5, 0.5] and shares["edits"].tolist() == [10, 10]
 
 
 def test_an_attribute_without_a_direction_is_named(editing: Editing) -> None:
