@@ -22,7 +22,7 @@ from pipeline.errors import ConfigError
 _EXECUTION_FIELDS = {"device", "batch_size"}
 # Settings of target expressions; left out of the run id of a run without targets, so runs
 # made before they existed keep their id. Likewise the preserving editors' weights without a
-# method that uses them, and the lock when it is off.
+# method that uses them, the lock when it is off, and layer restrictions when there are none.
 _EXPRESSION_FIELDS = ("expressions", "min_confidence", "expression_steps", "expression_step", "max_candidates")
 _PRESERVE_METHODS = {"editor_preserve", "refined_preserve"}
 
@@ -182,6 +182,10 @@ class EditsConfig(_Strict):
         description="editors of the editor_preserve and refined_preserve methods, one edit each",
     )
     lock: LockConfig = LockConfig()
+    layers: dict[EditableAttribute, list[int]] = Field(
+        default_factory=dict,
+        description="W+ layers an attribute's edits may move, e.g. {hair_lightness: [8, 9, 10]}; others move all",
+    )
     direction_files: dict[str, str] = Field(
         default_factory=dict,
         description="user-supplied directions by name (InterFaceGAN .npy boundaries or exprlock .safetensors), "
@@ -253,6 +257,8 @@ class RunConfig(_Strict):
             del identity["edits"]["preserve"]
         if self.edits.lock.candidates == 1:
             del identity["edits"]["lock"]
+        if not self.edits.layers:
+            del identity["edits"]["layers"]
         identity["generator"]["kind"] = self.generator_kind
         identity["scoring"].update(emotion=self.emotion_backend, identity=self.identity_backend)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

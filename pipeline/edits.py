@@ -26,7 +26,7 @@ import torch
 from pipeline.config import PreservationWeights, RunConfig
 from pipeline.discovery import ATTRIBUTE_SCORES, CLASSIFIER_FILE, emotion_name, read_report
 from pipeline.editing.directions import Direction, load_direction, project_orthogonal
-from pipeline.editing.editor import LatentEditor, load_editor
+from pipeline.editing.editor import LatentEditor, layer_mask, load_editor
 from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
 from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementConfig, refine_edits
@@ -140,9 +140,20 @@ class Editing:
             self.directory / CLASSIFIER_FILE, latent_shape=self.generator.latent_shape, device=self.generator.device
         )
 
+    def layer_mask(self, attribute: str) -> torch.Tensor | None:
+        """`(num_ws, 1)` mask of the W+ layers `edits.layers` lets the attribute move; None: all."""
+        layers = self.config.edits.layers.get(attribute)
+        return None if layers is None else layer_mask(self.generator.latent_shape, layers).to(self.generator.device)
+
     def apply(self, spec: EditSpec, latents: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
         """Edited latents of a batch; `signs` (+1/-1 per source) say which way each goes, and
-        multiples of them (the lock's candidates) scale the spec's strength."""
+        multiples of them (the lock's candidates) scale the spec's strength. With `edits.layers`
+        for the attribute, only those layers move, whatever the method."""
+        edited = self._apply(spec, latents, signs)
+        mask = self.layer_mask(spec.attribute)
+        return edited if mask is None else latents + mask * (edited - latents)
+
+    def _apply(self, spec: EditSpec, latents: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
         strength = signs.to(latents.device, latents.dtype) * spec.strength
         if spec.method == "linear":
             return self.direction(spec.attribute).edit(latents, strength)

@@ -65,7 +65,7 @@ def train_editor(
     settings = config.training
     strengths = config.edits.strengths
     trainer = EditorTrainer(
-        LatentEditor.from_direction(direction).to(device),
+        LatentEditor.from_direction(direction, layers=config.edits.layers.get(attribute)).to(device),
         classifier,
         torch.from_numpy(samples.latents),
         EditorTrainingConfig(
@@ -93,7 +93,7 @@ def require_trained_as(path: Path, record: dict[str, Any]) -> None:
     """Refuse a saved editor whose training record differs from `record` (steps excepted)."""
     saved = read_editor_record(path)
     expected = json.loads(json.dumps(record))
-    keys = ("training", "hfld", "preservation", "classifier_attributes", "inputs")
+    keys = ("training", "hfld", "preservation", "layers", "classifier_attributes", "inputs")
     changed = [key for key in keys if saved.get(key) != expected[key]]
     if changed:
         raise CheckpointError(

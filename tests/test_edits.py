@@ -329,3 +329,32 @@ def test_w_plus_latents_are_edited_per_layer(tmp_path: Path) -> None:
     gender = editing.classifier.index("gender")
     with torch.no_grad():
         assert (editing.classifier(edited)[:, gender] > editing.classifier(latents)[:, gender]).all()
+
+
+def test_an_edit_restricted_to_layers_moves_only_those(tmp_path: Path) -> None:
+    shape = (3, 4)
+    settings = {
+        "discovery": {"samples": 300, "shard_size": 300},
+        "training": {"steps": 5, "classifier_epochs": 2},
+        "edits": {"directory": str(tmp_path), "attributes": ["gender"], "methods": ["linear", "editor"], "layers": {"gender": [0, 2]}},
+    }
+    config = parse_config(settings)
+    generator = TinyGenerator(shape, resolution=8)
+    ensure_sample_shard(config, 0, generator, PlantedScorer(generator))
+    samples = collect_samples_on_disk(config)
+    discover(config, samples, provenance={})
+    train_editor(config, generator, samples, "gender", BASE)
+    editing = Editing(config, generator)
+    latents = generator.sample_latents(range(4))
+    for method in ("linear", "editor"):
+        moved = (editing.apply(EditSpec("gender", method, 2.0, 0.0), latents, torch.ones(4)) - latents).abs().sum(dim=2)
+        assert (moved[:, 1] == 0).all() and (moved[:, 0] > 0).all()
+    editor = editing.editor("gender", BASE)
+    assert editor.layers == (0, 2) and editor.config["layers"] == [0, 2]
+    # The editor was trained with the mask: it never moved layer 1, and its file says so.
+    assert (editor.displacement(latents)[:, 1] == 0).all()
+    unrestricted = parse_config({**settings, "edits": {**settings["edits"], "layers": {}}})
+    with pytest.raises(CheckpointError, match="trained with other layers"):
+        train_editor(unrestricted, generator, samples, "gender", BASE)
+    with pytest.raises(ConfigError, match=r"expected indices in 0..2"):
+        Editing(parse_config({**settings, "edits": {**settings["edits"], "layers": {"gender": [3]}}}), generator).layer_mask("gender")

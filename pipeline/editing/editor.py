@@ -14,6 +14,10 @@ Layouts (`mode`):
 - `"whole"`: one `A`, `b` on the flattened latent (the only mode for latents that are not
   `(num_ws, w_dim)`, e.g. the demo DCGAN's z in R^100).
 
+An editor may be restricted to some W+ layers (`layers`, e.g. the coarse layers 0-3 for a head
+shape, the fine ones for hair colour): its displacement is zero on every other layer, in training
+and in use, so the edit cannot reach the styles those layers control.
+
 As in the reference code, `A` has an equalised learning rate: the stored weight is multiplied by
 `1 / sqrt(fan_in)` at run time, so Adam moves `A` more slowly than `b`. `from_direction`
 initialises `A = 0, b = n`, which reproduces the linear edit `w + a n` exactly; training then
@@ -56,6 +60,7 @@ class LatentEditor(nn.Module):
         init: "random" is the reference code's initialisation (Xavier-uniform `A`, `b = 0`),
             drawn from `seed`; "zero" gives `A = 0, b = 0`, the identity edit.
         seed: random state for "random" initialisation; the global RNG is left untouched.
+        layers: the W+ layers the edit may move (latents `(num_ws, w_dim)` only); None: all.
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class LatentEditor(nn.Module):
         mode: Mode | None = None,
         init: Init = "random",
         seed: int = 0,
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.latent_shape = tuple(int(s) for s in latent_shape)
@@ -78,6 +84,8 @@ class LatentEditor(nn.Module):
                 f"editor mode {self.mode!r} needs latents (num_ws, w_dim), got latent shape "
                 f"{self.latent_shape}; use 'whole'"
             )
+        self.layers = None if layers is None else tuple(sorted({int(i) for i in layers}))
+        self.register_buffer("layer_mask", layer_mask(self.latent_shape, self.layers), persistent=False)
         groups, width = self._layout()
         self.weight = nn.Parameter(torch.zeros(groups, width, width))
         self.bias = nn.Parameter(torch.zeros(groups, width))
@@ -99,12 +107,17 @@ class LatentEditor(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"latent_shape": list(self.latent_shape), "attribute": self.attribute, "mode": self.mode}
+        """Constructor settings; `layers` only when the editor is restricted (older files lack it)."""
+        config = {"latent_shape": list(self.latent_shape), "attribute": self.attribute, "mode": self.mode}
+        return config if self.layers is None else {**config, "layers": list(self.layers)}
 
     @classmethod
-    def from_direction(cls, direction: Direction, *, mode: Mode | None = None) -> LatentEditor:
-        """An editor with `A = 0, b = n` that reproduces `direction.edit` exactly."""
-        editor = cls(direction.latent_shape, attribute=direction.name, mode=mode, init="zero")
+    def from_direction(
+        cls, direction: Direction, *, mode: Mode | None = None, layers: Sequence[int] | None = None
+    ) -> LatentEditor:
+        """An editor with `A = 0, b = n` that reproduces `direction.edit` exactly (with `layers`:
+        on those layers, leaving the others as they are)."""
+        editor = cls(direction.latent_shape, attribute=direction.name, mode=mode, init="zero", layers=layers)
         vector = direction.vector
         if editor.mode == "whole":
             bias = direction.displacement().reshape(1, -1)
@@ -129,11 +142,30 @@ class LatentEditor(nn.Module):
         _, width = self._layout()
         rows = latents.reshape(len(latents), -1, width).unsqueeze(-1)
         delta = torch.matmul(self.weight * self.gain, rows).squeeze(-1) + self.bias
-        return delta.reshape(latents.shape)
+        delta = delta.reshape(latents.shape)
+        return delta if self.layers is None else delta * self.layer_mask.to(delta.dtype)
 
     def forward(self, latents: torch.Tensor, strength: float | torch.Tensor) -> torch.Tensor:
         """`w + a (A w + b)`, one strength for the batch or one per sample."""
         return latents + broadcast_strength(strength, latents) * self.displacement(latents)
+
+
+def layer_mask(latent_shape: Sequence[int], layers: Sequence[int] | None) -> torch.Tensor:
+    """`(num_ws, 1)` ones on `layers` and zeros elsewhere (all ones without `layers`)."""
+    if layers is None:
+        return torch.ones(latent_shape[0] if len(latent_shape) == 2 else 1, 1)
+    if len(latent_shape) != 2:
+        raise ConfigError(
+            f"edit layers {list(layers)}: only W+ latents (num_ws, w_dim) have layers, this generator's "
+            f"latent shape is {tuple(latent_shape)}; remove edits.layers"
+        )
+    num_ws = latent_shape[0]
+    outside = [i for i in layers if not 0 <= i < num_ws]
+    if outside or not layers:
+        raise ConfigError(f"edit layers {list(layers)}: expected indices in 0..{num_ws - 1}, at least one")
+    mask = torch.zeros(num_ws, 1)
+    mask[list(layers)] = 1.0
+    return mask
 
 
 def save_editor(editor: LatentEditor, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
@@ -166,7 +198,9 @@ def load_editor(
             f"{path}: editor made for latent shape {tuple(config['latent_shape'])}, the generator has "
             f"{tuple(latent_shape)}; train an editor for this generator"
         )
-    editor = LatentEditor(config["latent_shape"], attribute=config["attribute"], mode=config["mode"], init="zero")
+    editor = LatentEditor(
+        config["latent_shape"], attribute=config["attribute"], mode=config["mode"], init="zero", layers=config.get("layers")
+    )
     try:
         editor.load_state_dict(state, strict=True)
     except RuntimeError as error:

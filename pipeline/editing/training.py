@@ -303,6 +303,7 @@ class EditorTrainer:
             "step": self.step,
             "training": self.config.as_dict(),
             **self.objective_record(),
+            "layers": None if self.editor.layers is None else list(self.editor.layers),
             "classifier_attributes": list(self.classifier.attributes),
             "inputs": self.inputs_digest,
         }
