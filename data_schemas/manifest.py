@@ -195,6 +195,7 @@ _PRESERVATION = pa.struct(
         pa.field("landmarks", pa.float32(), metadata={b"description": b"HFLD lambda (FaceMesh landmark shift)"}),
         pa.field("emotion", pa.float32(), metadata={b"description": b"Weight of KL(source || edit) of the emotion ensemble"}),
         pa.field("identity", pa.float32(), metadata={b"description": b"Weight of 1 - SFace cosine of source and edit"}),
+        pa.field("expression", pa.float32(), metadata={b"description": b"Weight of the squared change of 3DDFA_V2's expression coefficients"}),
     ]
 )
 _FIELDS_V1_3 = _FIELDS_V1_2 + (

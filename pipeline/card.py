@@ -227,6 +227,13 @@ def _limitations_section(summary: dict[str, Any], models: list[dict[str, Any]], 
     restricted = sorted({f"`{m['name']}`: {m['licence']}" for m in models if m["licence"] and _is_restrictive(m["licence"])})
     if restricted:
         items.append("Use is restricted by the terms of: " + "; ".join(restricted) + ".")
+    edits = record.get("config", {}).get("edits", {})
+    preserving = {"editor_preserve", "refined_preserve"} & set(edits.get("methods", []))
+    if preserving and any(entry.get("expression", 0) > 0 for entry in edits.get("preserve", [])):
+        items.append(
+            "Edits were trained or refined against 3DDFA_V2's expression coefficients; its terms: "
+            f"{REGISTRY['tddfa-mobilenet'].licence}."
+        )
     unknown = sorted({m["name"] for m in models if m["licence"] is None})
     if unknown:
         items.append(

@@ -89,17 +89,18 @@ class PreservationWeights:
     landmarks: float = 0.0
     emotion: float = 0.0
     identity: float = 0.0
+    expression: float = 0.0
 
     @property
     def landmarks_only(self) -> bool:
         """Whether this is the plain HFLD objective (lambda 0: the base editor)."""
-        return self.emotion == 0 and self.identity == 0
+        return self.emotion == 0 and self.identity == 0 and self.expression == 0
 
     @property
     def slug(self) -> str:
-        """A file-name-safe name, e.g. `l1000-e10-i2`; terms with weight 0 are left out."""
-        parts = [f"{key}{value:g}" for key, value in (("l", self.landmarks), ("e", self.emotion), ("i", self.identity)) if value]
-        return "-".join(parts) or "l0"
+        """A file-name-safe name, e.g. `l1000-e10-i2-x5`; terms with weight 0 are left out."""
+        weights = (("l", self.landmarks), ("e", self.emotion), ("i", self.identity), ("x", self.expression))
+        return "-".join(f"{key}{value:g}" for key, value in weights if value) or "l0"
 
 
 class PreserveConfig(_Strict):
@@ -110,6 +111,9 @@ class PreserveConfig(_Strict):
         30.0, ge=0.0, description="weight of KL(source || edit) of the emotion ensemble's distributions, nats"
     )
     identity: float = Field(10.0, ge=0.0, description="weight of 1 - SFace cosine of source and edit")
+    expression: float = Field(
+        0.0, ge=0.0, description="weight of the mean squared change of 3DDFA_V2's 10 expression coefficients"
+    )
     identity_attributes: list[EditableAttribute] = Field(
         default_factory=lambda: [a for a in EDITABLE_ATTRIBUTES if a != "gender"],
         description="attributes whose edits keep the person (the identity term is off for the others)",
@@ -118,7 +122,7 @@ class PreserveConfig(_Strict):
     def weights(self, attribute: str) -> PreservationWeights:
         """The weights for one attribute's editor."""
         identity = self.identity if attribute in self.identity_attributes else 0.0
-        return PreservationWeights(self.landmarks, self.emotion, identity)
+        return PreservationWeights(self.landmarks, self.emotion, identity, self.expression)
 
 
 class LockConfig(_Strict):
@@ -200,7 +204,7 @@ class EditsConfig(_Strict):
             raise ValueError("edits.strengths: expected positive values; the edit's sign follows each source")
         if _PRESERVE_METHODS & set(self.methods) and not self.preserve:
             raise ValueError("edits.preserve: the editor_preserve and refined_preserve methods need at least one entry")
-        if any(entry.landmarks == entry.emotion == entry.identity == 0 for entry in self.preserve):
+        if any(entry.landmarks == entry.emotion == entry.identity == entry.expression == 0 for entry in self.preserve):
             raise ValueError("edits.preserve: an entry with every weight 0 is the base editor; use the `editor` method")
         return self
 

@@ -43,13 +43,13 @@ class EditSpec:
     method: str
     strength: float
     hfld_lambda: float
-    emotion_weight: float = 0.0
-    identity_weight: float = 0.0
+    terms: PreservationWeights | None = None
 
     @property
     def weights(self) -> PreservationWeights:
-        """The preservation weights of the editor this edit uses (all 0: the base editor)."""
-        return PreservationWeights(self.hfld_lambda, self.emotion_weight, self.identity_weight)
+        """The preservation weights of the editor this edit uses (all 0: the base editor);
+        `terms` for a preserving editor, else HFLD's lambda alone."""
+        return self.terms or PreservationWeights(landmarks=self.hfld_lambda)
 
     @property
     def slug(self) -> str:
@@ -71,7 +71,8 @@ def plan_edits(config: RunConfig) -> list[EditSpec]:
                 weights = [PreservationWeights()]
             for strength in config.edits.strengths:
                 specs.extend(
-                    EditSpec(attribute, method, strength, w.landmarks, w.emotion, w.identity) for w in dict.fromkeys(weights)
+                    EditSpec(attribute, method, strength, w.landmarks, None if w.landmarks_only else w)
+                    for w in dict.fromkeys(weights)
                 )
     return specs
 

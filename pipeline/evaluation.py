@@ -83,7 +83,7 @@ def method_label(row: dict) -> str:
     label = row[Col.EDITOR]
     weights = row.get(Col.PRESERVATION)
     if label.endswith("_preserve") and weights is not None:
-        slug = PreservationWeights(*(float(weights[k]) for k in ("landmarks", "emotion", "identity"))).slug
+        slug = PreservationWeights(**{k: float(v or 0.0) for k, v in weights.items()}).slug
         label = f"{label} {slug}"
     candidates = row.get(Col.LOCK_CANDIDATES)
     if candidates is not None and not pd.isna(candidates) and candidates > 1:

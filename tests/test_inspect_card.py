@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,16 @@ def test_card_of_an_unscored_run_states_what_is_missing(unscored: Path) -> None:
     text = write_card(unscored).read_text()
     assert "carries no expression, identity or landmark scores" in text
     assert "64x64 faces learned from DigiFace-1M" in text
+
+
+def test_card_names_the_terms_of_a_model_behind_the_editors_loss(scored: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    """Editors trained on 3DDFA_V2's coefficients carry the Basel Face Model's terms into the card."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(scored[0], run_dir)
+    record = json.loads((run_dir / "config.json").read_text())
+    text = write_card(run_dir).read_text()
+    licence = REGISTRY["tddfa-mobilenet"].licence
+    assert licence not in text
+    record["config"]["edits"].update(methods=["editor_preserve"], preserve=[{"landmarks": 0.0, "expression": 1.0}])
+    (run_dir / "config.json").write_text(json.dumps(record))
+    assert licence in write_card(run_dir).read_text()

@@ -37,6 +37,11 @@ def kl_divergence(source: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
     return (source * (source.clamp_min(tiny).log() - edit.clamp_min(tiny).log())).sum(dim=1)
 
 
+def squared_distance(source: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two feature tables `(N, D)`, per row."""
+    return (edit - source).square().flatten(1).mean(dim=1)
+
+
 def cosine_distance(source: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
     """One minus the cosine similarity of two embedding tables `(N, D)`."""
     return 1 - torch.nn.functional.cosine_similarity(source, edit, dim=1)

