@@ -160,11 +160,13 @@ def change_at_success(summary: pd.DataFrame, *, attribute: str, editor: str, hfl
 def _bootstrap_means(edits: pd.DataFrame, groups: pd.DataFrame, columns: dict[str, str], *, draws: int, seed: int) -> dict[str, np.ndarray]:
     """Per metric, `(draws + 1, groups)` means: row 0 on all sources, then one row per draw.
 
-    A draw resamples sources with replacement; its mean is the weighted mean over the edits
-    that are not NaN, each weighted by how often its source was drawn.
+    A draw resamples sources (source images, so pooled runs of the same faces stay paired) with
+    replacement; its mean is the weighted mean over the edits that are not NaN, each weighted by
+    how often its source was drawn.
     """
     numeric = _numeric(edits)
-    source_ids, sources = pd.factorize(numeric[Col.RUN_ID].astype(str) + "/" + numeric[Col.SEED].astype(str))
+    # A source is its face: runs pooled over the same sources resample them together.
+    source_ids, sources = pd.factorize(numeric[Col.IMAGE_SOURCE_SHA256])
     keys = pd.MultiIndex.from_frame(groups[GROUP])
     group_ids = keys.get_indexer(pd.MultiIndex.from_frame(numeric[GROUP]))
     rng = np.random.default_rng(seed)

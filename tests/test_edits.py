@@ -177,7 +177,8 @@ def _summary_rows(sources: int = 10, *, js_noise: float = 0.0, seed: int = 0) ->
         for strength, s, j in zip((3.0, 6.0), success, js):
             for i in range(sources):
                 rows.append({
-                    Col.RUN_ID: "run", Col.SEED: i, Col.ATTRIBUTE: "age", Col.STRENGTH: strength, Col.EDITOR: method,
+                    Col.RUN_ID: "run", Col.SEED: i, Col.IMAGE_SOURCE_SHA256: f"face-{i}",
+                    Col.ATTRIBUTE: "age", Col.STRENGTH: strength, Col.EDITOR: method,
                     Col.HFLD_LAMBDA: 10.0 if method == "editor_hfld" else 0.0,
                     Col.ATTRIBUTE_REACHED: i < round(sources * s), Col.EMOTION_FLIPPED: False,
                     Col.EMOTION_JS: j + js_noise * rng.standard_normal(),
