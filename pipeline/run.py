@@ -24,14 +24,22 @@ from pipeline.errors import ConfigError
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.manifest import MANIFEST_DIR, read_manifest, shard_filename, to_table, write_shard
 from pipeline.models.factory import load_generator, resolve_device
-from pipeline.models.generator import to_uint8
+from pipeline.models.generator import FaceGenerator, to_uint8
 from pipeline.discovery import emotion_name
 from pipeline.editing.directions import Direction
-from pipeline.edits import Editing, attribute_reached, edit_directions, plan_edits
+from pipeline.edits import EditSpec, Editing, attribute_reached, edit_directions, plan_edits
 from pipeline.expressions import SteeredSources, plan_targets, steer_sources
 from pipeline.lock import lock_edit
 from pipeline.metrics import js_divergence
-from pipeline.scoring import ATTRIBUTE_NAMES, compare, edit_score_columns, load_scorer, source_score_columns
+from pipeline.scoring import (
+    ATTRIBUTE_NAMES,
+    FaceScorer,
+    FaceScores,
+    compare,
+    edit_score_columns,
+    load_scorer,
+    source_score_columns,
+)
 
 CONFIG_FILE = "config.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -124,43 +132,20 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
             threshold = editing.threshold(spec.attribute)
             before = scores.attribute(editing.score_name(spec.attribute))
             signs = edit_directions(before, threshold)
-            lock_columns: dict[str, list] = {}
-            if config.edits.lock.candidates > 1:
-                index = ATTRIBUTE_NAMES.index(editing.score_name(spec.attribute))
-
-                def measure(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-                    probs, attributes = scorer.describe(images)
-                    change = js_divergence(scores.emotion_probs, probs)
-                    return change, attribute_reached(signs, attributes[:, index], threshold)
-
-                locked = lock_edit(
-                    lambda scale: editing.apply(spec, latents, signs * scale), generator.synthesize, measure, config.edits.lock
-                )
-                edited, edited_floats = locked.latents, locked.images
-                lock_columns = {
-                    Col.LOCK_CANDIDATES: [config.edits.lock.candidates] * len(batch),
-                    Col.LOCK_CHOSEN: locked.chosen.tolist(),
-                    Col.LOCK_STRENGTH: (locked.scales * spec.strength).tolist(),
-                    Col.EXPRESSION_LOCKED: locked.locked.tolist(),
-                }
-            else:
-                edited = editing.apply(spec, latents, signs)
-                with torch.no_grad():
-                    edited_floats = generator.synthesize(edited)
-            edited_scores = scorer.score(edited_floats)
-            after = edited_scores.attribute(editing.score_name(spec.attribute))
+            made = make_edit(config, editing, generator, scorer, spec, latents, scores, signs)
+            after = made.scores.attribute(editing.score_name(spec.attribute))
             edit = {
                 Col.ATTRIBUTE: [spec.attribute] * len(batch),
                 Col.STRENGTH: [spec.strength] * len(batch),
                 Col.EDITOR: [spec.method] * len(batch),
                 Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
                 Col.PRESERVATION: [asdict(spec.weights)] * len(batch),
-                **lock_columns,
-                Col.LATENT_EDIT: list(edited.detach().float().cpu().reshape(len(batch), -1).numpy()),
+                **made.lock_columns,
+                Col.LATENT_EDIT: list(made.latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
                 **_save_images(
-                    run_dir, [images_dir / f"seed-{seed:09d}-{spec.slug}.png" for seed in names], edited_floats, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
+                    run_dir, [images_dir / f"seed-{seed:09d}-{spec.slug}.png" for seed in names], made.images, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
                 ),
-                **edit_score_columns(edited_scores, compare(scores, edited_scores)),
+                **edit_score_columns(made.scores, compare(scores, made.scores)),
                 Col.ATTRIBUTE_SCORE_SOURCE: before.tolist(),
                 Col.ATTRIBUTE_SCORE_EDIT: after.tolist(),
                 Col.ATTRIBUTE_REACHED: attribute_reached(signs, after, threshold).tolist(),
@@ -186,6 +171,52 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
         table = table.sort_by([(Col.ATTRIBUTE, "ascending"), (Col.EDITOR, "ascending"), (Col.SEED, "ascending")])
     write_shard(table, path)
     return ShardResult(index, path, count, skipped=False)
+
+
+@dataclass(frozen=True)
+class MadeEdit:
+    """One edit spec applied to a batch: latents, images, scores, and the lock's columns."""
+
+    latents: torch.Tensor
+    images: torch.Tensor
+    scores: FaceScores
+    lock_columns: dict[str, list]
+
+
+def make_edit(
+    config: RunConfig,
+    editing: Editing,
+    generator: FaceGenerator,
+    scorer: FaceScorer,
+    spec: EditSpec,
+    latents: torch.Tensor,
+    source_scores: FaceScores,
+    signs: torch.Tensor,
+) -> MadeEdit:
+    """The edits of one spec for a batch of sources, rendered and scored; with `edits.lock` on,
+    each is the lock's choice among its candidates (`pipeline.lock`)."""
+    lock = config.edits.lock
+    if lock.candidates == 1:
+        edited = editing.apply(spec, latents, signs)
+        with torch.no_grad():
+            images = generator.synthesize(edited)
+        return MadeEdit(edited, images, scorer.score(images), {})
+    threshold = editing.threshold(spec.attribute)
+    column = ATTRIBUTE_NAMES.index(editing.score_name(spec.attribute))
+
+    def measure(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        probs, attributes = scorer.describe(images)
+        return js_divergence(source_scores.emotion_probs, probs), attribute_reached(signs, attributes[:, column], threshold)
+
+    locked = lock_edit(lambda scale: editing.apply(spec, latents, signs * scale), generator.synthesize, measure, lock)
+    count = len(latents)
+    columns = {
+        Col.LOCK_CANDIDATES: [lock.candidates] * count,
+        Col.LOCK_CHOSEN: locked.chosen.tolist(),
+        Col.LOCK_STRENGTH: (locked.scales * spec.strength).tolist(),
+        Col.EXPRESSION_LOCKED: locked.locked.tolist(),
+    }
+    return MadeEdit(locked.latents, locked.images, scorer.score(locked.images), columns)
 
 
 def _target_directions(editing: Editing, targets: list[str]) -> dict[str, Direction]:

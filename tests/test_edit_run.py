@@ -162,6 +162,7 @@ def test_the_lock_keeps_a_reaching_candidate_that_changes_the_emotion_least(tmp_
 
     weights = plain.edits.preserve[0].weights("hair_lightness")
     assert locked_rows[Col.PRESERVATION].tolist() == [dataclasses.asdict(weights)] * 3
+    assert (locked_rows[Col.SHARD] == 0).all()
     assert plain_rows[Col.LOCK_CANDIDATES].isna().all() and (locked_rows[Col.LOCK_CANDIDATES] == 3).all()
     assert set(locked_rows[Col.LOCK_STRENGTH]) <= {1.5, 3.0, 4.5}
     assert locked_rows[Col.EXPRESSION_LOCKED].tolist() == (locked_rows[Col.EMOTION_JS] <= 0.05).tolist()
