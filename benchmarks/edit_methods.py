@@ -1,0 +1,82 @@
+"""Cost of each edit method per edit: apply, render and score, with and without the lock.
+
+Run by hand, after `exprlock train-editor` for the config:
+
+    python benchmarks/edit_methods.py --config configs/expression-lock.yaml --sources 32
+
+Every method of the config's first attribute, at its largest strength, edits the same sources in
+one batch in one process (models loaded before timing); the lock is timed with the config's candidates, or
+`--candidates` when the config has none. Printed: seconds per edit and the ratio to the `editor`
+method (or the first method when the config lacks it). CPU timings are only comparable on an
+otherwise idle machine, so the load average is printed and recorded too. One JSON row is
+appended to benchmarks/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import LockConfig, load_config
+from pipeline.edits import Editing, edit_directions, plan_edits
+from pipeline.models.factory import load_generator, resolve_device
+from pipeline.run import make_edit
+from pipeline.scoring import load_scorer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--sources", type=int, default=32, help="sources edited per method")
+    parser.add_argument("--candidates", type=int, default=5, help="lock candidates when the config sets none")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    device = resolve_device(config.device)
+    generator, _, _ = load_generator(config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, str(device))
+    scorer = load_scorer(*config.scorer_settings(str(device)))
+    editing = Editing(config, generator)
+    attribute, strength = config.edits.attributes[0], max(config.edits.strengths)
+    specs = [s for s in plan_edits(config) if s.attribute == attribute and s.strength == strength]
+    candidates = config.edits.lock.candidates if config.edits.lock.candidates > 1 else args.candidates
+    locked = config.model_copy(update={"edits": config.edits.model_copy(update={"lock": LockConfig(candidates=candidates)})})
+    unlocked = config.model_copy(update={"edits": config.edits.model_copy(update={"lock": LockConfig()})})
+
+    latents = generator.sample_latents(range(config.sources.first_seed, config.sources.first_seed + args.sources))
+    with torch.no_grad():
+        scores = scorer.score(generator.synthesize(latents))
+    signs = edit_directions(scores.attribute(editing.score_name(attribute)), editing.threshold(attribute))
+    for spec in specs:  # load every editor and loss once, outside the timings
+        make_edit(unlocked, editing, generator, scorer, spec, latents[:2], scores, signs[:2])
+
+    rows = []
+    for spec in specs:
+        for name, settings in ((spec.method, unlocked), (f"{spec.method}+lock{candidates}", locked)):
+            start = time.perf_counter()
+            make_edit(settings, editing, generator, scorer, spec, latents, scores, signs)
+            label = f"{name} {spec.weights.slug}" if spec.method.endswith("preserve") else name
+            rows.append({"method": label, "seconds_per_edit": (time.perf_counter() - start) / args.sources})
+
+    base = next((r for r in rows if r["method"] == "editor"), rows[0])["seconds_per_edit"]
+    load = os.getloadavg()[0]
+    print(f"{attribute} at strength {strength:g}, {args.sources} sources, device {device}, load average {load:.2f}")
+    print(f"{'method':<44}{'s/edit':>10}{'ratio':>8}")
+    for row in rows:
+        row["ratio"] = row["seconds_per_edit"] / base
+        print(f"{row['method']:<44}{row['seconds_per_edit']:>10.3f}{row['ratio']:>8.2f}")
+    record = {
+        "benchmark": "edit_methods", "config": str(args.config), "sources": args.sources, "device": str(device),
+        "load_average": load, "machine": platform.machine(), "rows": rows,
+    }
+    with open(Path(__file__).with_name("results.jsonl"), "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
