@@ -25,7 +25,7 @@ import torch
 
 from pipeline.config import LockConfig, load_config
 from pipeline.edits import Editing, edit_directions, plan_edits
-from pipeline.models.factory import load_generator, resolve_device
+from pipeline.generators.factory import load_generator, resolve_device
 from pipeline.run import make_edit
 from pipeline.scoring import load_scorer
 

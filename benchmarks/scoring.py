@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 from pipeline.scoring import FaceScorer, compare
 
 

@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from flows.generate import generate
-    from pipeline.models.factory import load_generator
+    from pipeline.generators.factory import load_generator
     from pipeline.scoring import load_scorer
 
     settings = {"sources": {"count": args.count, "shard_size": args.shard_size},

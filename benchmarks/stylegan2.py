@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator, channels_nvidia
+from pipeline.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator, channels_nvidia
 
 RESULTS = Path(__file__).with_name("results.jsonl")
 WIDTHS = (5, 5, 9, 8, 8, 9, 10)

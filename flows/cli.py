@@ -270,7 +270,7 @@ def label_report(
     from pipeline.config import load_config
     from pipeline.label_report import write_label_report
     from pipeline.models.assets import exprlock_home
-    from pipeline.models.factory import resolve_device
+    from pipeline.generators.factory import resolve_device
 
     resolved = load_config(config)
     cache = exprlock_home() / "judges" / "scores.parquet"
@@ -292,7 +292,7 @@ def convert(
 
     Example: exprlock convert stylegan2-ffhq-config-f.pkl models/ffhq.safetensors
     """
-    from pipeline.models.stylegan2_checkpoints import convert_checkpoint
+    from pipeline.generators.stylegan2_checkpoints import convert_checkpoint
 
     console.print(f"ok  {convert_checkpoint(source, destination, overwrite=overwrite)}", highlight=False)
 

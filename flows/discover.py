@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import load_config, parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
-from pipeline.models.factory import load_generator, resolve_device
+from pipeline.generators.factory import load_generator, resolve_device
 from pipeline.scoring import load_scorer
 
 

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.config import PreservationWeights, load_config, parse_config
 from pipeline.discovery import collect_samples_on_disk
 from pipeline.editing.training import TrainingProgress
-from pipeline.models.factory import load_generator, resolve_device
+from pipeline.generators.factory import load_generator, resolve_device
 from pipeline.train_editors import required_editors, train_editor
 
 

@@ -32,7 +32,7 @@ from pipeline.editing.directions import Direction, fit_direction, save_direction
 from pipeline.editing.latent_classifier import fit_latent_classifier, save_latent_classifier
 from pipeline.errors import ConfigError
 from pipeline.images import write_atomic
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.base import FaceGenerator
 from pipeline.scoring import ATTRIBUTE_NAMES, FaceScorer
 
 # The scorer column behind each editable attribute; higher means "more" of it.

@@ -31,7 +31,7 @@ from pipeline.editing.latent_classifier import LatentClassifier, load_latent_cla
 from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementConfig, refine_edits
 from pipeline.errors import ConfigError
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.base import FaceGenerator
 from pipeline.objectives import editor_path, preservation_loss
 
 

@@ -29,7 +29,7 @@ from data_schemas import EMOTION_LABELS
 from pipeline.config import RunConfig
 from pipeline.editing.directions import Direction
 from pipeline.errors import ConfigError
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.base import FaceGenerator
 from pipeline.scoring import emotion_agreement, ensemble_probs
 
 

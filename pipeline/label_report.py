@@ -30,8 +30,8 @@ from pipeline.editing.directions import load_direction
 from pipeline.evaluation import confident_sources, judge_confusion, judged_sources, label_agreement, markdown_table
 from pipeline.expressions import steer_sources
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
-from pipeline.models.factory import load_generator
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.factory import load_generator
+from pipeline.generators.base import FaceGenerator
 from pipeline.run import generate_shard, plan_shards, prepare_run, write_contact_sheet
 from pipeline.scoring import FaceScorer, load_scorer
 from pipeline.summary import RunManifest, summarize

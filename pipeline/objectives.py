@@ -21,7 +21,7 @@ from pipeline.editing.preservation import FaceTerm, PreservationLoss, cosine_dis
 from pipeline.models.emotion import EmotionClassifier
 from pipeline.models.face_expression import FaceExpressionClassifier
 from pipeline.models.facemesh import BROWS, EYES, FACE_OVAL, LEFT_EYE, LIPS, RIGHT_EYE, FaceMeshLandmarker
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.base import FaceGenerator
 from pipeline.models.identity import IdentityEncoder, align_faces
 from pipeline.models.tddfa import MorphableFace
 from pipeline.scoring import expression_boxes, five_points

@@ -23,8 +23,8 @@ from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.manifest import MANIFEST_DIR, read_manifest, shard_filename, to_table, write_shard
-from pipeline.models.factory import load_generator, resolve_device
-from pipeline.models.generator import FaceGenerator, to_uint8
+from pipeline.generators.factory import load_generator, resolve_device
+from pipeline.generators.base import FaceGenerator, to_uint8
 from pipeline.discovery import emotion_name
 from pipeline.editing.directions import Direction
 from pipeline.edits import EditSpec, Editing, attribute_reached, edit_directions, plan_edits

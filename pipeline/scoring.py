@@ -27,7 +27,7 @@ from pipeline.models.detector import FaceDetector
 from pipeline.models.emotion import EmotionClassifier
 from pipeline.models.face_expression import FaceExpressionClassifier
 from pipeline.models.facemesh import LEFT_EYE, RIGHT_EYE, FaceMeshLandmarker
-from pipeline.models.generator import to_uint8
+from pipeline.generators.base import to_uint8
 from pipeline.models.identity import IdentityEncoder, align_faces, cosine
 from pipeline.models.insightface_backend import LICENCE as INSIGHTFACE_LICENCE
 from pipeline.models.insightface_backend import ArcFaceIdentity

@@ -23,7 +23,7 @@ from pipeline.editing.editor import LatentEditor, read_editor_record, save_edito
 from pipeline.editing.latent_classifier import load_latent_classifier
 from pipeline.editing.training import EditorTrainer, EditorTrainingConfig, TrainingProgress
 from pipeline.errors import CheckpointError
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.base import FaceGenerator
 from pipeline.objectives import editor_path, preservation_loss
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pipeline.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator, channels_nvidia
+from pipeline.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator, channels_nvidia
 
 RESOLUTION = 16
 CHANNEL_BASE, CHANNEL_MAX = 256, 32

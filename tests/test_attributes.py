@@ -27,7 +27,7 @@ from pipeline.models.attributes import (
     square_face_crops,
     srgb_to_lab,
 )
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 from pipeline.models.detector import FaceDetector
 from pipeline.models.facemesh import (
     FACE_OVAL,

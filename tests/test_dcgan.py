@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pipeline.errors import CheckpointError, ImageError
-from pipeline.models.dcgan import DCGANGenerator, load_dcgan
-from pipeline.models.generator import seeded_normal, to_uint8
+from pipeline.generators.dcgan import DCGANGenerator, load_dcgan
+from pipeline.generators.base import seeded_normal, to_uint8
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import skimage.data
 import torch
 
 from pipeline.errors import ImageError
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 from pipeline.models.detector import FaceDetector
 
 # Eileen Collins' face in skimage's astronaut image, (x0, y0, x1, y1): MTCNN's box on it.

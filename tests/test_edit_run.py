@@ -19,9 +19,9 @@ from pipeline.edits import edit_directions
 from pipeline.evaluation import summarise
 from pipeline.images import read_png
 from pipeline.manifest import read_manifest
-from pipeline.models.dcgan import load_dcgan
-from pipeline.models.factory import load_generator
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.dcgan import load_dcgan
+from pipeline.generators.factory import load_generator
+from pipeline.generators.base import FaceGenerator
 from pipeline.run import generate_shard, prepare_run
 from pipeline.scoring import load_scorer
 from pipeline.objectives import editor_path

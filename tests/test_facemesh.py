@@ -12,7 +12,7 @@ from skimage import data
 from pipeline.errors import AssetError, ConfigError, ImageError
 from pipeline.models import facemesh as fm
 from pipeline.models.assets import asset_path
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 
 # Face box of `skimage.data.astronaut()` found by MTCNN (x0, y0, x1, y1).
 ASTRONAUT_FACE = (181.0, 62.0, 268.0, 172.0)

@@ -105,7 +105,7 @@ def test_mirror_image_is_the_same_person(encoder: IdentityEncoder, astronauts) -
 
 
 def test_two_generated_faces_are_different_people(encoder: IdentityEncoder) -> None:
-    from pipeline.models.dcgan import load_dcgan
+    from pipeline.generators.dcgan import load_dcgan
 
     generator = load_dcgan()
     with torch.no_grad():

@@ -18,7 +18,7 @@ from pipeline.judges.mtcnn import MTCNN
 from pipeline.judges.pyemotion import LABELS, PyEmotionJudge, face_crops, load_pyemotion
 from pipeline.metrics import js_divergence
 from pipeline.models.assets import asset_path
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from pipeline.editing.refine import RefinementConfig, refine_edits
 from pipeline.editing.synthetic import TinyGenerator, TinyLandmarks
 from pipeline.editing.training import EditorTrainer, EditorTrainingConfig
 from pipeline.errors import ConfigError
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 from pipeline.objectives import AlignedIdentity, EnsembleEmotion
 from pipeline.scoring import load_scorer
 

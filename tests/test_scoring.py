@@ -11,7 +11,7 @@ from scipy.spatial.distance import jensenshannon
 from skimage import data
 
 from data_schemas import EMOTION_LABELS, Col
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 from pipeline.models.identity import SAME_IDENTITY_THRESHOLD
 from pipeline.metrics import js_divergence
 from pipeline.scoring import (
@@ -146,7 +146,7 @@ def test_full_size_backends_replace_the_native_models(
     from deepface.models.demography.pytorch.Emotion import EmotionModel
 
     from pipeline.models.deepface_backend import WEIGHTS_FILE, DeepFaceEmotion
-    from pipeline.models.generator import to_uint8
+    from pipeline.generators.base import to_uint8
     from pipeline.models.identity import align_faces
     from pipeline.models.insightface_backend import RECOGNITION_FILE, ArcFaceIdentity, pack_dir
 

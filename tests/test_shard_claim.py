@@ -177,7 +177,7 @@ _SHARD_RACER = textwrap.dedent(
     import json, os, sys, time
     from pathlib import Path
     from pipeline.config import parse_config
-    from pipeline.models.factory import load_generator
+    from pipeline.generators.factory import load_generator
     from pipeline.run import prepare_run
     from pipeline.shard_claim import generate_shard_once
     config = parse_config(json.loads(sys.argv[2]))

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError, ImageError
-from pipeline.models.generator import to_uint8
-from pipeline.models.stylegan2 import (
+from pipeline.generators.base import to_uint8
+from pipeline.generators.stylegan2 import (
     StyleGAN2Config,
     StyleGAN2Generator,
     channels_nvidia,

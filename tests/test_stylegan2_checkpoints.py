@@ -28,14 +28,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from pipeline.errors import CheckpointError
-from pipeline.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
-from pipeline.models.stylegan2_checkpoints import (
+from pipeline.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from pipeline.generators.stylegan2_checkpoints import (
     convert_checkpoint,
     detect_format,
     load_stylegan2,
     read_checkpoint,
 )
-from pipeline.models.stylegan2_checkpoints import _unpickle_nvidia
+from pipeline.generators.stylegan2_checkpoints import _unpickle_nvidia
 from stylegan2_fixtures import (
     CHANNEL_BASE,
     CHANNEL_MAX,

@@ -18,8 +18,8 @@ from pipeline.errors import ConfigError
 from pipeline.expressions import accepted_step, candidate_seed, plan_targets, target_counts
 from pipeline.images import read_png
 from pipeline.manifest import read_manifest
-from pipeline.models.dcgan import load_dcgan
-from pipeline.models.generator import to_uint8
+from pipeline.generators.dcgan import load_dcgan
+from pipeline.generators.base import to_uint8
 from pipeline.run import generate_shard, prepare_run, shard_path
 from pipeline.scoring import load_scorer
 from pipeline.summary import RunManifest, summarize

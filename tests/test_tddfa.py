@@ -9,7 +9,7 @@ import torch
 
 from pipeline.errors import CheckpointError, ImageError
 from pipeline.models.assets import asset_path
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 from pipeline.models.tddfa import EXPRESSION, INPUT_SIZE, MorphableFace, roi_boxes
 from pipeline.objectives import ExpressionCoefficients
 from pipeline.scoring import load_scorer

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 
 from pipeline.errors import ConfigError, ImageError
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.base import FaceGenerator
 
 LandmarkFn = Callable[[torch.Tensor], torch.Tensor]
 Indices = Sequence[int] | torch.Tensor

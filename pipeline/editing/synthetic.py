@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pipeline.models.generator import FaceGenerator, seeded_normal
+from pipeline.generators.base import FaceGenerator, seeded_normal
 
 
 class TinyGenerator(FaceGenerator):

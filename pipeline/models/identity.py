@@ -36,7 +36,7 @@ from torch import nn
 from pipeline.errors import CheckpointError, ImageError
 from pipeline.models.assets import asset_path
 from pipeline.models.emotion import crop_resize
-from pipeline.models.generator import to_uint8
+from pipeline.generators.base import to_uint8
 
 CROP_SIZE = 112
 EMBEDDING_DIM = 128

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.models.dcgan import load_dcgan
+from pipeline.generators.dcgan import load_dcgan
 
 HERE = Path(__file__).resolve().parent
 

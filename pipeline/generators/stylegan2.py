@@ -9,7 +9,7 @@ The maths follows NVIDIA's PyTorch reference (NVlabs/stylegan2-ada-pytorch `trai
 the same network as NVlabs/stylegan3 `training/networks_stylegan2.py`) and
 rosinality/stylegan2-pytorch `model.py`. Parameter names are NVIDIA's (`mapping.fc0.weight`,
 `synthesis.b8.conv0.affine.bias`, ...), so an NVIDIA state maps one to one;
-`pipeline.models.stylegan2_checkpoints` maps rosinality's names and reads every file format.
+`pipeline.generators.stylegan2_checkpoints` maps rosinality's names and reads every file format.
 There is no compiled extension: resampling is upfirdn2d written with `F.pad` and `F.conv2d`, and
 each modulated convolution runs as one grouped convolution over the whole batch. Everything is
 computed in float32; NVIDIA's code runs the highest resolutions in float16 on CUDA when a network
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, ImageError
-from pipeline.models.generator import FaceGenerator, seeded_normal
+from pipeline.generators.base import FaceGenerator, seeded_normal
 
 NoiseMode = Literal["const", "random", "none"]
 """Per-layer noise: the generator's stored noise images, fresh Gaussian noise, or no noise."""
@@ -524,7 +524,7 @@ class StyleGAN2Generator(FaceGenerator):
 
     Args:
         config: the architecture; `StyleGAN2Config.ffhq_config_f()` for the FFHQ network.
-            Weights start random; `pipeline.models.stylegan2_checkpoints.load_stylegan2` fills
+            Weights start random; `pipeline.generators.stylegan2_checkpoints.load_stylegan2` fills
             them from a file.
         truncation_psi: truncation applied by `sample_latents`. The default 1.0 applies none, as
             both references do: truncation trades variety for typicality and pulls expressions

@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.errors import CheckpointError
 from pipeline.models.assets import asset_path
-from pipeline.models.generator import FaceGenerator, seeded_normal
+from pipeline.generators.base import FaceGenerator, seeded_normal
 
 LATENT_DIM = 100
 FEATURES = 64

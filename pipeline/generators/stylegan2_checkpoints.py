@@ -63,7 +63,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.models.stylegan2 import (
+from pipeline.generators.stylegan2 import (
     MappingNetwork,
     NoiseMode,
     StyleGAN2Config,

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.models.assets import asset_path, file_sha256
-from pipeline.models.generator import FaceGenerator
+from pipeline.generators.base import FaceGenerator
 
 
 def resolve_device(device: str) -> torch.device:
@@ -27,13 +27,13 @@ def load_generator(
 ) -> tuple[FaceGenerator, str, str]:
     """(generator, provenance name, weights SHA-256); cached because loading costs seconds."""
     if kind == "dcgan":
-        from pipeline.models.dcgan import load_dcgan
+        from pipeline.generators.dcgan import load_dcgan
 
         path = Path(checkpoint) if checkpoint else asset_path("dcgan-digiface")
         name = "dcgan:" + ("dcgan-digiface" if checkpoint is None else path.name)
         return load_dcgan(path, device=device), name, file_sha256(path)
     if kind == "stylegan2":
-        from pipeline.models.stylegan2_checkpoints import load_stylegan2
+        from pipeline.generators.stylegan2_checkpoints import load_stylegan2
 
         path = Path(checkpoint or "")
         generator = load_stylegan2(path, device=device, truncation_psi=truncation_psi)
