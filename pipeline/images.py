@@ -83,18 +83,33 @@ def read_png(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not a readable image ({error})") from None
 
 
-def labelled_grid(cells: list[list[np.ndarray]], column_labels: list[str], *, scale: int = 2, gap: int = 2) -> np.ndarray:
-    """Rows of equally sized uint8 (H, W, 3) images under a header row of column labels."""
+def labelled_grid(
+    cells: list[list[np.ndarray]],
+    column_labels: list[str],
+    *,
+    captions: list[list[str]] | None = None,
+    scale: int = 2,
+    gap: int = 2,
+) -> np.ndarray:
+    """Rows of equally sized uint8 (H, W, 3) images under a header row of column labels, each
+    image with its caption underneath when `captions` (one per image) are given."""
     from PIL import ImageDraw
 
     if not cells or any(len(row) != len(column_labels) for row in cells):
         raise ImageError(f"labelled grid: expected rows of {len(column_labels)} images, got {[len(r) for r in cells]}")
-    grid = contact_sheet(np.stack([image for row in cells for image in row]), columns=len(column_labels), scale=scale, gap=gap)
-    header_height = 14
-    canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + header_height), "white")
-    canvas.paste(Image.fromarray(grid), (0, header_height))
+    if captions is not None and [len(row) for row in captions] != [len(row) for row in cells]:
+        raise ImageError("labelled grid: expected one caption per image")
+    header, caption_height = 14, 12 if captions is not None else 0
+    rows = [contact_sheet(np.stack(row), columns=len(row), scale=scale, gap=gap)[gap:] for row in cells]
+    row_height = rows[0].shape[0] + caption_height
+    canvas = Image.new("RGB", (rows[0].shape[1], header + gap + len(rows) * row_height), "white")
     draw = ImageDraw.Draw(canvas)
     cell_width = cells[0][0].shape[1] * scale + gap
     for index, label in enumerate(column_labels):
         draw.text((gap + index * cell_width + 2, 1), label, fill=(0, 0, 0))
+    for number, row in enumerate(rows):
+        top = header + gap + number * row_height
+        canvas.paste(Image.fromarray(row), (0, top))
+        for index, caption in enumerate(captions[number] if captions is not None else []):
+            draw.text((gap + index * cell_width + 2, top + row.shape[0] - gap), caption, fill=(0, 0, 0))
     return np.asarray(canvas)

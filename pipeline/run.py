@@ -21,7 +21,7 @@ import pipeline
 from data_schemas import CURRENT_VERSION, Col
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
+from pipeline.images import contact_sheet, encode_png, labelled_grid, read_png, write_atomic
 from pipeline.manifest import MANIFEST_DIR, read_manifest, shard_filename, to_table, write_shard
 from pipeline.generators.factory import load_generator, resolve_device
 from pipeline.generators.base import FaceGenerator, to_uint8
@@ -248,10 +248,37 @@ def _extend(columns: dict[str, list], values: dict[str, list]) -> None:
         columns[name].extend(column)
 
 
-def write_contact_sheet(run_dir: Path, *, limit: int = 64) -> Path:
-    """A PNG grid of the first `limit` source faces of the run's manifest."""
-    table = read_manifest(run_dir).slice(0, limit)
-    images = np.stack([read_png(Path(run_dir) / p) for p in table.column(Col.IMAGE_SOURCE).to_pylist()])
+def write_contact_sheet(run_dir: Path, *, limit: int = 64, edited_sources: int = 8) -> Path:
+    """The run's contact sheet: without edits, a grid of the first `limit` source faces; with
+    edits, the first `edited_sources` sources each beside its edits, every tile captioned with
+    the ensemble's dominant emotion and, under an edit, whether it kept the source's."""
+    columns = [Col.SEED, Col.IMAGE_SOURCE, Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA,
+               Col.IMAGE_EDIT, Col.EMOTION_SOURCE, Col.EMOTION_EDIT, Col.EMOTION_FLIPPED]
+    frame = read_manifest(run_dir).select(columns).to_pandas()
     path = Path(run_dir) / CONTACT_SHEET
-    write_atomic(encode_png(contact_sheet(images)), path)
+    edits = frame[frame[Col.ATTRIBUTE].notna()]
+    if edits.empty:
+        images = np.stack([read_png(Path(run_dir) / p) for p in frame[Col.IMAGE_SOURCE][:limit]])
+        write_atomic(encode_png(contact_sheet(images)), path)
+        return path
+    kinds = edits[[Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]].drop_duplicates().sort_values(
+        [Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]
+    )
+    one_method = kinds[[Col.EDITOR, Col.HFLD_LAMBDA]].drop_duplicates().shape[0] == 1
+    labels = ["source"] + [
+        f"{a} {s:g}" if one_method else f"{a} {m} {s:g}" for a, s, m, _ in kinds.itertuples(index=False)
+    ]
+    cells, captions = [], []
+    for seed in sorted(edits[Col.SEED].unique())[:edited_sources]:
+        rows = edits[edits[Col.SEED] == seed].set_index([Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA])
+        first = rows.iloc[0]
+        cells.append([read_png(Path(run_dir) / first[Col.IMAGE_SOURCE])])
+        captions.append([first[Col.EMOTION_SOURCE] or ""])
+        for kind in kinds.itertuples(index=False):
+            row = rows.loc[tuple(kind)]
+            cells[-1].append(read_png(Path(run_dir) / row[Col.IMAGE_EDIT]))
+            flipped = row[Col.EMOTION_FLIPPED]
+            mark = "" if flipped is None else (" changed" if flipped else " kept")
+            captions[-1].append(f"{row[Col.EMOTION_EDIT] or ''}{mark}")
+    write_atomic(encode_png(labelled_grid(cells, labels, captions=captions)), path)
     return path

@@ -22,7 +22,7 @@ from pipeline.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.factory import load_generator
 from pipeline.generators.base import FaceGenerator
-from pipeline.run import generate_shard, prepare_run
+from pipeline.run import generate_shard, prepare_run, write_contact_sheet
 from pipeline.scoring import load_scorer
 from pipeline.objectives import editor_path
 from pipeline.train_editors import required_editors, train_editor
@@ -172,6 +172,9 @@ def test_the_lock_keeps_a_reaching_candidate_that_changes_the_emotion_least(tmp_
     assert locked_rows.loc[reached, Col.ATTRIBUTE_REACHED].all()
     kept_plain = locked_rows[Col.LOCK_STRENGTH] == 3.0
     assert (locked_rows.loc[kept_plain, Col.IMAGE_EDIT_SHA256] == plain_rows.loc[kept_plain, Col.IMAGE_EDIT_SHA256]).all()
+    # The contact sheet: a header, then per source its face and the edit, each captioned.
+    sheet = read_png(write_contact_sheet(tmp_path / "locked"))
+    assert sheet.shape == (14 + 2 + 3 * (64 * 2 + 2 + 12), 2 * (64 * 2 + 2) + 2, 3)
     card = write_card(tmp_path / "locked").read_text()
     assert f"| hair_lightness | {locked_rows[Col.EXPRESSION_LOCKED].mean():.3f} |" in card
     assert "Off: each edit is the editor's output" in write_card(tmp_path / "plain").read_text()
