@@ -30,7 +30,7 @@ from pipeline.editing.editor import LatentEditor, layer_mask, load_editor
 from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
 from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementConfig, refine_edits
-from pipeline.errors import ConfigError
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.generators.base import FaceGenerator
 from pipeline.objectives import editor_path, preservation_loss
 
@@ -105,6 +105,16 @@ class Editing:
             )
         self._editors: dict[tuple[str, PreservationWeights], LatentEditor] = {}
         self._preservation: dict[PreservationWeights, PreservationLoss] = {}
+
+    def require_generator(self, sha256: str) -> None:
+        """Refuse directions and editors that discovery made for another generator's latents."""
+        made_for = self.report.get("provenance", {}).get("generator_sha256")
+        if made_for and made_for != sha256:
+            raise CheckpointError(
+                f"{self.directory}: its directions and editors were made for the generator with SHA-256 "
+                f"{made_for[:16]}..., this run's generator is {sha256[:16]}...; run `exprlock discover` and "
+                "`exprlock train-editor` for this generator, or set edits.directory to its models"
+            )
 
     def threshold(self, attribute: str) -> float:
         return float(self.report["success_thresholds"][attribute])

@@ -102,6 +102,8 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     specs = plan_edits(config)
     targets = plan_targets(config)
     editing = Editing(config, generator) if specs or targets else None
+    if editing is not None:
+        editing.require_generator(generator_sha)
     images_dir = Path("images") / f"shard-{index:05d}"
     columns: dict[str, list] = defaultdict(list)
     for start in range(0, len(seeds), config.batch_size):

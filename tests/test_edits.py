@@ -359,3 +359,16 @@ def test_an_edit_restricted_to_layers_moves_only_those(tmp_path: Path) -> None:
         train_editor(unrestricted, generator, samples, "gender", BASE)
     with pytest.raises(ConfigError, match=r"expected indices in 0..2"):
         Editing(parse_config({**settings, "edits": {**settings["edits"], "layers": {"gender": [3]}}}), generator).layer_mask("gender")
+
+
+def test_models_made_for_another_generator_are_refused(editing: Editing) -> None:
+    report = editing.report
+    made_for = dict(report, provenance={"generator_sha256": "a" * 64})
+    (editing.directory / "discovery.json").write_text(json.dumps(made_for))
+    try:
+        other = Editing(editing.config, editing.generator)
+        other.require_generator("a" * 64)
+        with pytest.raises(CheckpointError, match=r"made for the generator with SHA-256 aaaaaaaaaaaaaaaa\.\.\., this run's generator is bbbb"):
+            other.require_generator("b" * 64)
+    finally:
+        (editing.directory / "discovery.json").write_text(json.dumps(report))
