@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EXPRLOCK_HOME ?= $(CURDIR)/.exprlock
 export EXPRLOCK_HOME
 
-.PHONY: install demo test
+.PHONY: install demo test expression-lock-report
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,14 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# docs/expression-lock.md and .csv: editors with each preservation term, the lock, judged.
+expression-lock-report: install
+	$(VENV)/bin/exprlock discover --config configs/expression-lock.yaml
+	$(VENV)/bin/exprlock train-editor --config configs/expression-lock.yaml
+	$(VENV)/bin/exprlock train-editor --config configs/expression-lock-3dmm.yaml
+	$(VENV)/bin/exprlock generate --config configs/expression-lock.yaml --out runs/expression-lock
+	$(VENV)/bin/exprlock generate --config configs/expression-lock-locked.yaml --out runs/expression-lock-locked
+	$(VENV)/bin/exprlock generate --config configs/expression-lock-3dmm.yaml --out runs/expression-lock-3dmm
+	$(VENV)/bin/exprlock evaluate runs/expression-lock runs/expression-lock-locked runs/expression-lock-3dmm \
+		--out docs --name expression-lock
