@@ -22,7 +22,8 @@ from pipeline.errors import ConfigError
 _EXECUTION_FIELDS = {"device", "batch_size"}
 # Settings of target expressions; left out of the run id of a run without targets, so runs
 # made before they existed keep their id. Likewise the preserving editors' weights without a
-# method that uses them, the lock when it is off, and layer restrictions when there are none.
+# method that uses them, the lock when it is off or there is nothing to edit, and layer
+# restrictions when there are none.
 _EXPRESSION_FIELDS = ("expressions", "min_confidence", "expression_steps", "expression_step", "max_candidates")
 _PRESERVE_METHODS = {"editor_preserve", "refined_preserve"}
 
@@ -110,7 +111,9 @@ class PreserveConfig(_Strict):
     emotion: float = Field(
         30.0, ge=0.0, description="weight of KL(source || edit) of the emotion ensemble's distributions, nats"
     )
-    identity: float = Field(10.0, ge=0.0, description="weight of 1 - SFace cosine of source and edit")
+    identity: float = Field(
+        0.0, ge=0.0, description="weight of 1 - SFace cosine of source and edit (on for identity_attributes)"
+    )
     expression: float = Field(
         0.0, ge=0.0, description="weight of the mean squared change of 3DDFA_V2's 10 expression coefficients"
     )
@@ -128,7 +131,9 @@ class PreserveConfig(_Strict):
 class LockConfig(_Strict):
     """The per-edit lock: several candidates per edit, the one that changes the expression least."""
 
-    candidates: StrictInt = Field(1, ge=1, le=64, description="candidates per edit; 1 turns the lock off")
+    candidates: StrictInt = Field(
+        5, ge=1, le=64, description="candidates per edit; 1 turns the lock off (docs/expression-lock.md: 5)"
+    )
     scales: tuple[float, float] = Field(
         (0.5, 1.5), description="candidate strengths span these multiples of the edit's strength"
     )
@@ -174,7 +179,10 @@ class EditsConfig(_Strict):
     directory: str = Field("models/demo", description="discover and train-editor write here; generate reads")
     attributes: list[EditableAttribute] = Field(default_factory=list, description="attributes to edit")
     strengths: list[float] = Field(default_factory=lambda: [3.0, 6.0], description="edit strengths (latent units)")
-    methods: list[EditMethod] = Field(default_factory=lambda: ["editor_hfld"])
+    methods: list[EditMethod] = Field(
+        default_factory=lambda: ["editor_preserve"],
+        description="editor_preserve with the lock: the least emotion change at equal success in docs/expression-lock.md",
+    )
     hfld_lambdas: list[float] = Field(
         default_factory=lambda: [1000.0],
         description="lambdas of the editor_hfld and refined methods, one edit each; 1000 was the best "
@@ -257,9 +265,9 @@ class RunConfig(_Strict):
         if not self.sources.expressions:
             for name in _EXPRESSION_FIELDS:
                 del identity["sources"][name]
-        if not _PRESERVE_METHODS & set(self.edits.methods):
+        if not self.edits.attributes or not _PRESERVE_METHODS & set(self.edits.methods):
             del identity["edits"]["preserve"]
-        if self.edits.lock.candidates == 1:
+        if not self.edits.attributes or self.edits.lock.candidates == 1:
             del identity["edits"]["lock"]
         if not self.edits.layers:
             del identity["edits"]["layers"]

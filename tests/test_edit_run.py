@@ -43,6 +43,7 @@ def small_edit_config(models: Path, attribute: str, strength: float, **settings:
                 "strengths": [strength],
                 "methods": ALL_METHODS,
                 "refine_steps": 2,
+                "lock": {"candidates": 1},
             },
             "scoring": {"attributes": False},
             "device": "cpu",

@@ -117,7 +117,7 @@ def test_each_method_names_the_editors_it_needs() -> None:
     assert needed(["editor", "refined"])[0] == ("gender", 0.0, 0.0, 0.0)
     # Identity is off for gender by default, on for age; one editor per distinct weights.
     assert needed(["editor_preserve", "refined_preserve"]) == [("gender", 1000.0, 2.0, 0.0), ("gender", 0.0, 5.0, 0.0)]
-    assert needed(["editor_preserve"], "age") == [("age", 1000.0, 2.0, 3.0), ("age", 0.0, 5.0, 10.0)]
+    assert needed(["editor_preserve"], "age") == [("age", 1000.0, 2.0, 3.0), ("age", 0.0, 5.0, 0.0)]
     assert needed(["editor_hfld", "editor_preserve"], "gender")[1:] == [
         ("gender", 1000.0, 0.0, 0.0), ("gender", 1000.0, 2.0, 0.0), ("gender", 0.0, 5.0, 0.0)
     ]

@@ -31,7 +31,8 @@ def test_candidates_span_the_scales_and_include_the_edit_itself() -> None:
     lock = LockConfig(candidates=5, scales=(0.5, 1.5))
     np.testing.assert_allclose(candidate_scales(lock), [0.5, 0.75, 1.0, 1.25, 1.5])
     assert nominal_index(candidate_scales(lock)) == 2
-    assert candidate_scales(LockConfig()).tolist() == [1.0]
+    assert candidate_scales(LockConfig(candidates=1)).tolist() == [1.0]
+    assert LockConfig().candidates == 5  # on by default: the best method of docs/expression-lock.md
 
 
 def test_the_least_change_among_candidates_that_reach_the_attribute_is_kept() -> None:
@@ -68,11 +69,13 @@ def test_bad_lock_settings_are_refused_by_name() -> None:
 
 
 def test_the_lock_and_unused_preservation_settings_leave_the_run_id_alone() -> None:
-    plain = parse_config({"edits": {"attributes": ["age"], "methods": ["editor_hfld"]}})
-    other_preserve = parse_config(
-        {"edits": {"attributes": ["age"], "methods": ["editor_hfld"], "preserve": [{"emotion": 1.0}], "lock": {"max_change": 0.2}}}
-    )
-    assert plain.run_id == other_preserve.run_id
-    locked = parse_config({"edits": {"attributes": ["age"], "methods": ["editor_hfld"], "lock": {"candidates": 3}}})
-    preserving = parse_config({"edits": {"attributes": ["age"], "methods": ["editor_preserve"]}})
-    assert len({plain.run_id, locked.run_id, preserving.run_id}) == 3
+    def run_id(edits: dict) -> str:
+        return parse_config({"edits": edits}).run_id
+
+    plain = {"attributes": ["age"], "methods": ["editor_hfld"], "lock": {"candidates": 1}}
+    assert run_id(plain) == run_id({**plain, "preserve": [{"emotion": 1.0}], "lock": {"candidates": 1, "max_change": 0.2}})
+    # Without attributes nothing is edited: neither the lock nor the methods' settings matter.
+    assert run_id({"lock": {"candidates": 3}, "preserve": [{"emotion": 2.0}]}) == run_id({"lock": {"candidates": 1}})
+    locked = {**plain, "lock": {"candidates": 3}}
+    preserving = {**plain, "methods": ["editor_preserve"]}
+    assert len({run_id(plain), run_id(locked), run_id(preserving)}) == 3

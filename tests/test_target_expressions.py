@@ -77,7 +77,7 @@ def test_a_run_writes_the_requested_counts_and_resumes_unchanged(tmp_path: Path)
         },
         "discovery": {"samples": 400, "shard_size": 400},
         "training": {"classifier_epochs": 2},
-        "edits": {"directory": str(tmp_path / "models"), "attributes": ["hair_lightness"], "strengths": [3.0], "methods": ["linear"]},
+        "edits": {"directory": str(tmp_path / "models"), "attributes": ["hair_lightness"], "strengths": [3.0], "methods": ["linear"], "lock": {"candidates": 1}},
         "scoring": {"attributes": False},
         "device": "cpu",
     })  # fmt: skip
