@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EXPRLOCK_HOME ?= $(CURDIR)/.exprlock
 export EXPRLOCK_HOME
 
-.PHONY: install demo test expression-lock-report
+.PHONY: install demo demo-models test expression-lock-report
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/exprlock generate --config configs/demo.yaml --out runs/demo
+
+# Remakes models/demo, which `make demo` edits with (see models/demo/README.md).
+demo-models: install
+	$(VENV)/bin/exprlock discover --config configs/demo-models.yaml
+	$(VENV)/bin/exprlock train-editor --config configs/demo-models.yaml
 
 test: install
 	$(PY) -m pytest
