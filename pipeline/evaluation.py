@@ -386,7 +386,7 @@ def contact_sheet_cells(edits: pd.DataFrame, *, attribute: str, strength: float,
             match = of_seed[(of_seed[Col.EDITOR] == method) & np.isclose(of_seed[Col.HFLD_LAMBDA], hfld_lambda)]
             if match.empty:
                 break
-            row.append(read_png(run_dir / match.iloc[0][Col.IMAGE_EDIT]))
+            row.append(read_png(Path(match.iloc[0][RUN_DIR]) / match.iloc[0][Col.IMAGE_EDIT]))
         if len(row) == len(labels):
             rows.append(row)
     return rows, labels
