@@ -46,14 +46,14 @@ def main() -> None:
     specs = [s for s in plan_edits(config) if s.attribute == attribute and s.strength == strength]
     candidates = config.edits.lock.candidates if config.edits.lock.candidates > 1 else args.candidates
     locked = config.model_copy(update={"edits": config.edits.model_copy(update={"lock": LockConfig(candidates=candidates)})})
-    unlocked = config.model_copy(update={"edits": config.edits.model_copy(update={"lock": LockConfig()})})
+    unlocked = config.model_copy(update={"edits": config.edits.model_copy(update={"lock": LockConfig(candidates=1)})})
 
     latents = generator.sample_latents(range(config.sources.first_seed, config.sources.first_seed + args.sources))
     with torch.no_grad():
         scores = scorer.score(generator.synthesize(latents))
     signs = edit_directions(scores.attribute(editing.score_name(attribute)), editing.threshold(attribute))
     for spec in specs:  # load every editor and loss once, outside the timings
-        make_edit(unlocked, editing, generator, scorer, spec, latents[:2], scores, signs[:2])
+        make_edit(unlocked, editing, generator, scorer, spec, latents, scores, signs)
 
     rows = []
     for spec in specs:
