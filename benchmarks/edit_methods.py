@@ -57,11 +57,11 @@ def main() -> None:
 
     rows = []
     for spec in specs:
-        for name, settings in ((spec.method, unlocked), (f"{spec.method}+lock{candidates}", locked)):
+        method = f"{spec.method} {spec.weights.slug}" if spec.method.endswith("preserve") else spec.method
+        for name, settings in ((method, unlocked), (f"{method}+lock{candidates}", locked)):
             start = time.perf_counter()
             make_edit(settings, editing, generator, scorer, spec, latents, scores, signs)
-            label = f"{name} {spec.weights.slug}" if spec.method.endswith("preserve") else name
-            rows.append({"method": label, "seconds_per_edit": (time.perf_counter() - start) / args.sources})
+            rows.append({"method": name, "seconds_per_edit": (time.perf_counter() - start) / args.sources})
 
     base = next((r for r in rows if r["method"] == "editor"), rows[0])["seconds_per_edit"]
     load = os.getloadavg()[0]
