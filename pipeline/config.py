@@ -31,7 +31,7 @@ EmotionLabel = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SourcesConfig(_Strict):
@@ -210,6 +210,8 @@ class EditsConfig(_Strict):
             raise ValueError("edits.hfld_lambdas: expected positive values (lambda 0 is the `editor` method)")
         if any(value <= 0 for value in self.strengths):
             raise ValueError("edits.strengths: expected positive values; the edit's sign follows each source")
+        if self.attributes and not (self.strengths and self.methods):
+            raise ValueError("edits.strengths and edits.methods: edits.attributes needs at least one of each")
         if _PRESERVE_METHODS & set(self.methods) and not self.preserve:
             raise ValueError("edits.preserve: the editor_preserve and refined_preserve methods need at least one entry")
         if any(entry.landmarks == entry.emotion == entry.identity == entry.expression == 0 for entry in self.preserve):
@@ -293,17 +295,47 @@ def parse_config(data: Any, *, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {_describe(error)}") from None
 
 
+SMALLEST_CONFIG = "profile: demo, sources: {count: 8}"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML without aliases (an alias bomb is refused at its first `*`) or repeated keys."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"YAML aliases (*name) are not allowed in a config (line {mark.line + 1})")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path) -> RunConfig:
-    """Read and validate a YAML (.yaml, .yml) or TOML (.toml) run config."""
+    """Read and validate a YAML (.yaml, .yml) or TOML (.toml) run config: UTF-8, not empty,
+    without repeated keys or YAML aliases."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
+    kind = "TOML" if path.suffix == ".toml" else "YAML"
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if kind == "TOML" else yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (safe loader)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({_one_line(error)})") from None
+        raise ConfigError(f"{path}: not valid {kind} ({_one_line(error)})") from None
+    if not data:
+        raise ConfigError(f"{path}: the config is empty; the smallest valid config is `{SMALLEST_CONFIG}`")
     return parse_config(data, source=str(path))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,43 @@ def test_run_id_follows_content_not_execution_settings() -> None:
     assert base.run_id != parse_config({"sources": {"count": 9}}).run_id
     assert base.run_id != parse_config({"sources": {"count": 8, "first_seed": 1}}).run_id
     assert base.run_id.startswith("demo-")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("edits: {strengths: [3.0, .nan]}\n", "edits.strengths.1: input should be a finite number (got nan)"),
+        ("edits: {hfld_lambdas: [.inf]}\n", "edits.hfld_lambdas.0: input should be a finite number (got inf)"),
+        ("generator: {truncation_psi: .nan}\n", "generator.truncation_psi: input should be a finite number (got nan)"),
+        ("", "the config is empty; the smallest valid config is `profile: demo, sources: {count: 8}`"),
+        ("# only a comment\n", "the config is empty; the smallest valid config is"),
+        ("sources: {count: 8}\nsources: {count: 9}\n", "key 'sources' appears twice (line 2); keep one"),
+        ("edits: {attributes: [age], methods: []}\n", "edits.attributes needs at least one of each"),
+    ],
+)
+def test_bad_config_files_get_one_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_yaml_aliases_and_other_encodings_are_refused_quickly(tmp_path: Path) -> None:
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]" for i in range(8)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml: YAML aliases \(\*name\) are not allowed in a config \(line 2\)"):
+        load_config(bomb)
+    assert time.perf_counter() - start < 1.0
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("sources: {count: 8}  # caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8 text \(byte 26\); save the config as UTF-8"):
+        load_config(latin)
+    toml = tmp_path / "twice.toml"
+    toml.write_text("profile = 'demo'\nprofile = 'demo'\n")
+    with pytest.raises(ConfigError, match=r"twice.toml: not valid TOML"):
+        load_config(toml)
