@@ -2,9 +2,15 @@
 
 Heavy modules (torch, prefect) are imported inside the commands so that `--help` is instant.
 Every `ExprlockError` is printed as one line and exits with status 2, without a traceback.
+Prefect's usage telemetry is off unless the user's environment turns it on: the CLI runs
+offline, where sending it only prints errors.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import functools
 import json
@@ -17,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, ExprlockError
 
 app = typer.Typer(help="Expression-preserving face dataset generation.", no_args_is_help=True)
@@ -136,7 +143,7 @@ def generate(
     if dry_run:
         plan = split_shards(total, submit) if submit else [shards or f"0-{total - 1}"]
         record = {"run_id": resolved.run_id, "run_dir": str(run_dir), "shards": total, "selected": len(selected),
-                  "flow_runs": plan, "config": resolved.model_dump(mode="json")}
+                  "flow_runs": plan, "models": _resolved_models(resolved), "config": resolved.model_dump(mode="json")}
         console.print_json(json.dumps(record))
         return
     if submit:
@@ -160,6 +167,20 @@ def generate(
         console.print(f"dataset card:  {summary['dataset_card']}", highlight=False)
     else:
         console.print("other shards are not finished yet: the contact sheet and card follow when they are", highlight=False)
+
+
+def _resolved_models(config: RunConfig) -> dict[str, str]:
+    """The models a run will use, with the profile's defaults filled in (never null)."""
+    scoring = config.scoring
+    return {
+        "generator": config.generator_kind,
+        "checkpoint": config.generator.checkpoint or "profile asset dcgan-digiface",
+        "emotion": f"{config.emotion_backend} + face-api" if scoring.enabled else "off",
+        "identity": config.identity_backend if scoring.enabled else "off",
+        "detector": "yunet" if scoring.enabled else "off",
+        "landmarks": "facemesh" if scoring.enabled else "off",
+        "gender_age": "adience" if scoring.enabled and scoring.attributes else "off",
+    }
 
 
 def _submit(config: Path, run_dir: Path, parts: int, device: str | None, wait: bool, total: int) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +57,20 @@ def test_cli_dry_run_prints_the_run_id(config_file: Path) -> None:
     result = runner.invoke(app, ["generate", "--config", str(config_file), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert load_config(config_file).run_id in result.output
+    models = json.loads(result.output)["models"]
+    assert models["generator"] == "dcgan" and models["emotion"] == "native + face-api" and None not in models.values()
+
+
+def test_the_cli_leaves_prefect_telemetry_off_unless_asked() -> None:
+    code = "import flows.cli, os; print(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    quiet = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    assert quiet.stdout.strip() == "false"
+    asked = subprocess.run(
+        [sys.executable, "-c", code], env={**environment, "PREFECT_SERVER_ANALYTICS_ENABLED": "true"},
+        capture_output=True, text=True, check=True,
+    )
+    assert asked.stdout.strip() == "true"
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path: Path) -> None:
