@@ -24,7 +24,7 @@ from pipeline.models.facemesh import BROWS, EYES, FACE_OVAL, LEFT_EYE, LIPS, RIG
 from pipeline.generators.base import FaceGenerator
 from pipeline.models.identity import IdentityEncoder, align_faces
 from pipeline.models.tddfa import MorphableFace
-from pipeline.scoring import expression_boxes, five_points
+from pipeline.scoring import emotion_model_probs, five_points
 
 EXPRESSION_LANDMARKS = LIPS + EYES + BROWS
 
@@ -61,9 +61,7 @@ class EnsembleEmotion(torch.nn.Module):
         self.faceapi = FaceExpressionClassifier().eval()
 
     def forward(self, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-        fer = torch.softmax(self.fer(images), dim=1)
-        faceapi = torch.softmax(self.faceapi(images, expression_boxes(landmarks)), dim=1)
-        return (fer + faceapi) / 2
+        return emotion_model_probs(self.fer, self.faceapi, images, landmarks).mean(dim=1)
 
 
 class AlignedIdentity(torch.nn.Module):

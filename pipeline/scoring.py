@@ -120,6 +120,20 @@ def expression_boxes(landmarks: torch.Tensor) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], dim=1)
 
 
+def emotion_model_probs(
+    fer: torch.nn.Module, faceapi: torch.nn.Module, images: torch.Tensor, landmarks: torch.Tensor
+) -> torch.Tensor:
+    """Each emotion model's distribution `(N, len(EMOTION_MODELS), 7)`, differentiable in `images`.
+
+    The FER2013 model sees the whole image, as it was trained on whole-face images; face-api's
+    network sees the crop its own detector would give, approximated by a square around the
+    FaceMesh points (`expression_boxes`).
+    """
+    fer_probs = torch.softmax(fer(images), dim=1)
+    faceapi_probs = torch.softmax(faceapi(images, expression_boxes(landmarks)), dim=1)
+    return torch.stack([fer_probs, faceapi_probs], dim=1)
+
+
 def ensemble_probs(model_probs: np.ndarray) -> np.ndarray:
     """The ensemble's distribution from the models' `(N, M, 7)`: their mean, float32."""
     return np.asarray(model_probs, dtype=np.float32).mean(axis=1)
@@ -214,12 +228,7 @@ class FaceScorer:
         return self._emotion_model_probs(images, landmarks), self._attributes(pixels, landmarks.cpu().numpy())
 
     def _emotion_model_probs(self, images: torch.Tensor, landmarks: torch.Tensor) -> np.ndarray:
-        """The FER2013 model sees the whole image, as it was trained on whole-face images;
-        face-api's network sees the crop its own detector would give, approximated by a square
-        around the FaceMesh points (`expression_boxes`)."""
-        fer = torch.softmax(self.emotion(images), dim=1)
-        faceapi = torch.softmax(self.expression(images, expression_boxes(landmarks)), dim=1)
-        return torch.stack([fer, faceapi], dim=1).cpu().numpy().astype(np.float32)
+        return emotion_model_probs(self.emotion, self.expression, images, landmarks).cpu().numpy().astype(np.float32)
 
     def _attributes(self, pixels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         count = len(pixels)
