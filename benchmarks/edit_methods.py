@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from pipeline.config import LockConfig, load_config
-from pipeline.edits import Editing, edit_directions, plan_edits
+from pipeline.editing.plan import plan_edits
+from pipeline.edits import Editing, edit_directions
 from pipeline.generators.factory import load_generator, resolve_device
 from pipeline.run import make_edit
 from pipeline.scoring import load_scorer

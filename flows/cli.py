@@ -131,7 +131,7 @@ def generate(
     """
     from flows.generate import with_device
     from pipeline.config import load_config
-    from pipeline.run import default_run_dir, plan_shards
+    from pipeline.layout import default_run_dir, plan_shards
     from pipeline.shard_claim import parse_shard_spec, split_shards
 
     resolved = with_device(load_config(config), device)

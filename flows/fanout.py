@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from flows.generate import with_device
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, ExprlockError
-from pipeline.run import default_run_dir, plan_shards, prepare_run
+from pipeline.layout import default_run_dir, plan_shards, prepare_run
 from pipeline.shard_claim import split_shards
 
 SHARDS_DEPLOYMENT = "generate/shards"

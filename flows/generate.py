@@ -29,7 +29,8 @@ from pipeline.card import write_card
 from pipeline.config import RunConfig, load_config, parse_config
 from pipeline.errors import ConfigError
 from pipeline.manifest import MANIFEST_DIR
-from pipeline.run import default_run_dir, plan_shards, prepare_run, shard_path, write_contact_sheet
+from pipeline.layout import default_run_dir, plan_shards, prepare_run, shard_path
+from pipeline.run import write_contact_sheet
 from pipeline.shard_claim import ShardStatus, generate_shard_once, parse_shard_spec
 
 GPU_TAG = "exprlock-gpu"

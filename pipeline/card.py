@@ -25,9 +25,8 @@ from data_schemas import Col
 from pipeline.images import write_atomic
 from pipeline.summary import CATEGORIES, NOT_SCORED, RunManifest, summarize, write_plots
 from pipeline.models.assets import REGISTRY, Asset
-from pipeline.run import CONFIG_FILE, CONTACT_SHEET
+from pipeline.layout import CARD_FILE, CONFIG_FILE, CONTACT_SHEET
 
-CARD_FILE = "dataset_card.md"
 _RESTRICTIVE = ("non-commercial", "research use", "research only")
 # Image columns carry a digest too, but of a PNG, not of a model.
 _NOT_MODELS = {Col.IMAGE_SOURCE, Col.IMAGE_EDIT}

@@ -29,6 +29,7 @@ import torch
 from data_schemas import EMOTION_LABELS
 from pipeline.config import EDITABLE_ATTRIBUTES, RunConfig
 from pipeline.editing.directions import Direction, fit_direction, save_direction
+from pipeline.editing.files import CLASSIFIER_FILE, REPORT_FILE, direction_path, emotion_name
 from pipeline.editing.latent_classifier import fit_latent_classifier, save_latent_classifier
 from pipeline.errors import ConfigError
 from pipeline.images import write_atomic
@@ -44,15 +45,8 @@ ATTRIBUTE_SCORES = {
     "skin_lightness": "skin_lightness",
     "yaw": "yaw",
 }
-REPORT_FILE = "discovery.json"
 # Version of the samples files: 2 holds the emotion ensemble's probabilities (1 held one model's).
 SAMPLES_FORMAT = 2
-CLASSIFIER_FILE = "latent_classifier.safetensors"
-
-
-def emotion_name(label: str) -> str:
-    """Name of an emotion's direction and classifier output, e.g. `emotion_happy`."""
-    return f"emotion_{label}"
 
 
 @dataclass(frozen=True)
@@ -179,7 +173,7 @@ def discover(
             fraction=settings.confident_fraction,
             provenance={**provenance, "samples": len(samples.seeds)},
         )
-        save_direction(direction, directory / "directions" / f"{name}.safetensors")
+        save_direction(direction, direction_path(directory, name))
         directions[name] = direction
     classifier, report = fit_latent_classifier(
         latents,
@@ -202,11 +196,3 @@ def discover(
     }
     write_atomic((json.dumps(summary, indent=2) + "\n").encode(), directory / REPORT_FILE)
     return summary
-
-
-def read_report(directory: Path) -> dict[str, Any]:
-    """The discovery report of an edits directory, or the command that makes it."""
-    path = Path(directory) / REPORT_FILE
-    if not path.is_file():
-        raise ConfigError(f"{path}: no discovery results; run `exprlock discover --config ...` first")
-    return json.loads(path.read_text())

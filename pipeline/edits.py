@@ -16,7 +16,6 @@ attribute (the sign follows the source's own score, so every edit tries to flip 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -24,57 +23,17 @@ import numpy as np
 import torch
 
 from pipeline.config import PreservationWeights, RunConfig
-from pipeline.discovery import ATTRIBUTE_SCORES, CLASSIFIER_FILE, emotion_name, read_report
+from pipeline.discovery import ATTRIBUTE_SCORES
 from pipeline.editing.directions import Direction, load_direction, project_orthogonal
 from pipeline.editing.editor import LatentEditor, layer_mask, load_editor
+from pipeline.editing.files import CLASSIFIER_FILE, direction_path, editor_path, emotion_name, read_report
 from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
+from pipeline.editing.plan import EditSpec
 from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementConfig, refine_edits
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.generators.base import FaceGenerator
-from pipeline.objectives import editor_path, preservation_loss
-
-
-@dataclass(frozen=True)
-class EditSpec:
-    """One edit every source gets."""
-
-    attribute: str
-    method: str
-    strength: float
-    hfld_lambda: float
-    terms: PreservationWeights | None = None
-
-    @property
-    def weights(self) -> PreservationWeights:
-        """The preservation weights of the editor this edit uses (all 0: the base editor);
-        `terms` for a preserving editor, else HFLD's lambda alone."""
-        return self.terms or PreservationWeights(landmarks=self.hfld_lambda)
-
-    @property
-    def slug(self) -> str:
-        """A file-name-safe identifier, e.g. `age-editor_hfld-s3-l10` or `age-editor_preserve-s3-l1000-e10`."""
-        weights = self.weights.slug if not self.weights.landmarks_only else f"l{self.hfld_lambda:g}"
-        return f"{self.attribute}-{self.method}-s{self.strength:g}-{weights}"
-
-
-def plan_edits(config: RunConfig) -> list[EditSpec]:
-    """Every (attribute, method, strength, weights) of the config, attribute-major."""
-    specs = []
-    for attribute in config.edits.attributes:
-        for method in config.edits.methods:
-            if method in ("editor_preserve", "refined_preserve"):
-                weights = [entry.weights(attribute) for entry in config.edits.preserve]
-            elif method in ("editor_hfld", "refined"):
-                weights = [PreservationWeights(landmarks=value) for value in config.edits.hfld_lambdas]
-            else:
-                weights = [PreservationWeights()]
-            for strength in config.edits.strengths:
-                specs.extend(
-                    EditSpec(attribute, method, strength, w.landmarks, None if w.landmarks_only else w)
-                    for w in dict.fromkeys(weights)
-                )
-    return specs
+from pipeline.objectives import preservation_loss
 
 
 def edit_directions(source_scores: np.ndarray, threshold: float) -> torch.Tensor:
@@ -126,7 +85,7 @@ class Editing:
     def direction(self, name: str) -> Direction:
         """A user-supplied direction file when the config names one, else the discovered one."""
         supplied = self.config.edits.direction_files.get(name)
-        path = Path(supplied) if supplied else self.directory / "directions" / f"{name}.safetensors"
+        path = Path(supplied) if supplied else direction_path(self.directory, name)
         return load_direction(path, latent_shape=self.generator.latent_shape, name=name)
 
     def projected_direction(self, attribute: str) -> Direction:

@@ -25,14 +25,16 @@ import pandas as pd
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.card import write_card
 from pipeline.config import RunConfig
-from pipeline.discovery import collect_samples_on_disk, discover, emotion_name, ensure_sample_shard, sample_shard_plan
+from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
+from pipeline.editing.files import direction_path, emotion_name
 from pipeline.editing.directions import load_direction
 from pipeline.evaluation import confident_sources, judge_confusion, judged_sources, label_agreement, markdown_table
 from pipeline.expressions import steer_sources
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.generators.factory import load_generator
 from pipeline.generators.base import FaceGenerator
-from pipeline.run import generate_shard, plan_shards, prepare_run, write_contact_sheet
+from pipeline.layout import plan_shards, prepare_run
+from pipeline.run import generate_shard, write_contact_sheet
 from pipeline.scoring import FaceScorer, load_scorer
 from pipeline.summary import RunManifest, summarize
 
@@ -58,8 +60,7 @@ def probe_config(config: RunConfig, label: str, *, slots: int = PROBE_SLOTS, can
 
 def ensure_discovery(config: RunConfig, generator: FaceGenerator, scorer: FaceScorer) -> None:
     """Discovery on the config's edits directory, unless its emotion directions exist."""
-    directory = Path(config.edits.directory) / "directions"
-    if all((directory / f"{emotion_name(label)}.safetensors").is_file() for label in EMOTION_LABELS):
+    if all(direction_path(config.edits.directory, emotion_name(label)).is_file() for label in EMOTION_LABELS):
         return
     for index in range(len(sample_shard_plan(config))):
         ensure_sample_shard(config, index, generator, scorer)
@@ -74,7 +75,7 @@ def reachability(
     for label in EMOTION_LABELS:
         probe = probe_config(config, label, slots=slots, candidates=candidates)
         direction = load_direction(
-            Path(config.edits.directory) / "directions" / f"{emotion_name(label)}.safetensors",
+            direction_path(config.edits.directory, emotion_name(label)),
             latent_shape=generator.latent_shape,
         )
         steered = steer_sources(probe, generator, scorer.expressions, {label: direction}, range(slots), [label] * slots, strict=False)

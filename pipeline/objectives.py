@@ -11,8 +11,6 @@ so applying an edit never imports the training stage.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from pipeline.config import PreservationWeights, RunConfig
@@ -27,12 +25,6 @@ from pipeline.models.tddfa import MorphableFace
 from pipeline.scoring import emotion_model_probs, five_points
 
 EXPRESSION_LANDMARKS = LIPS + EYES + BROWS
-
-
-def editor_path(directory: Path, attribute: str, weights: PreservationWeights) -> Path:
-    """An editor's file; HFLD-only editors keep their lambda names (`age-lambda1000`)."""
-    name = f"lambda{weights.landmarks:g}" if weights.landmarks_only else weights.slug
-    return Path(directory) / "editors" / f"{attribute}-{name}.safetensors"
 
 
 def hfld_loss(config: RunConfig, generator: FaceGenerator, hfld_lambda: float) -> HFLDLoss:

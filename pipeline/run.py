@@ -8,7 +8,6 @@ the Parquet rename is the commit.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -17,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import pipeline
 from data_schemas import CURRENT_VERSION, Col
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
 from pipeline.images import contact_sheet, encode_png, labelled_grid, read_png, write_atomic
-from pipeline.manifest import MANIFEST_DIR, read_manifest, shard_filename, to_table, write_shard
+from pipeline.layout import CONTACT_SHEET, plan_shards, shard_path
+from pipeline.manifest import read_manifest, to_table, write_shard
 from pipeline.generators.factory import load_generator, resolve_device
 from pipeline.generators.base import FaceGenerator, to_uint8
-from pipeline.discovery import emotion_name
+from pipeline.editing.files import emotion_name
 from pipeline.editing.directions import Direction
-from pipeline.edits import EditSpec, Editing, attribute_reached, edit_directions, plan_edits
+from pipeline.editing.plan import EditSpec, plan_edits
+from pipeline.edits import Editing, attribute_reached, edit_directions
 from pipeline.expressions import SteeredSources, plan_targets, steer_sources
 from pipeline.lock import lock_edit
 from pipeline.metrics import js_divergence
@@ -41,9 +40,6 @@ from pipeline.scoring import (
     source_score_columns,
 )
 
-CONFIG_FILE = "config.json"
-CONTACT_SHEET = "contact_sheet.png"
-
 
 @dataclass(frozen=True)
 class ShardResult:
@@ -51,37 +47,6 @@ class ShardResult:
     path: Path
     rows: int
     skipped: bool
-
-
-def plan_shards(config: RunConfig) -> list[range]:
-    """The seed range of each shard, in shard order."""
-    seeds, size = config.seeds, config.sources.shard_size
-    return [seeds[start : start + size] for start in range(0, len(seeds), size)]
-
-
-def default_run_dir(config: RunConfig, root: Path = Path("runs")) -> Path:
-    return root / config.run_id
-
-
-def prepare_run(config: RunConfig, run_dir: Path) -> Path:
-    """Create the run directory and record the config; refuse a directory of another run."""
-    run_dir = Path(run_dir)
-    record = run_dir / CONFIG_FILE
-    if record.exists():
-        previous = json.loads(record.read_text()).get("run_id")
-        if previous != config.run_id:
-            raise ConfigError(
-                f"{run_dir}: holds run {previous}, but this config is run {config.run_id}; "
-                "choose another --out directory (nothing was changed)"
-            )
-        return run_dir
-    payload = {"run_id": config.run_id, "exprlock": pipeline.__version__, "config": config.model_dump(mode="json")}
-    write_atomic((json.dumps(payload, indent=2) + "\n").encode(), record)
-    return run_dir
-
-
-def shard_path(run_dir: Path, index: int) -> Path:
-    return Path(run_dir) / MANIFEST_DIR / shard_filename(index)
 
 
 def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:

@@ -1,6 +1,6 @@
 """Shard ownership: which shards a worker takes, and an exclusive claim so each is written once.
 
-Selection. A run's shards are numbered `0 .. n-1` (`pipeline.run.plan_shards`). A worker is
+Selection. A run's shards are numbered `0 .. n-1` (`pipeline.layout.plan_shards`). A worker is
 given a spec such as ``"0-9"`` or ``"0-3,8"`` (`parse_shard_spec`); a parent that fans a run out
 to N workers gives each a contiguous range (`split_shards`).
 
@@ -39,6 +39,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
+from pipeline.layout import shard_path
 
 # A claim whose heartbeat stopped this long ago belongs to a dead owner on another machine.
 DEFAULT_STALE_AFTER = 900.0
@@ -255,7 +256,7 @@ def generate_shard_once(
     heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> ShardOutcome:
     """`pipeline.run.generate_shard` under the shard's claim; a shard held elsewhere is BUSY."""
-    from pipeline.run import generate_shard, shard_path  # imports torch: only where shards are made
+    from pipeline.run import generate_shard  # imports torch: only where shards are made
 
     path = shard_path(run_dir, index)
     if path.exists():

@@ -17,14 +17,15 @@ from typing import Any
 import torch
 
 from pipeline.config import PreservationWeights, RunConfig
-from pipeline.discovery import CLASSIFIER_FILE, Samples
+from pipeline.discovery import Samples
+from pipeline.editing.files import CLASSIFIER_FILE, direction_path, editor_path
 from pipeline.editing.directions import load_direction
 from pipeline.editing.editor import LatentEditor, read_editor_record, save_editor
 from pipeline.editing.latent_classifier import load_latent_classifier
 from pipeline.editing.training import EditorTrainer, EditorTrainingConfig, TrainingProgress
 from pipeline.errors import CheckpointError
 from pipeline.generators.base import FaceGenerator
-from pipeline.objectives import editor_path, preservation_loss
+from pipeline.objectives import preservation_loss
 
 
 def required_editors(config: RunConfig) -> list[tuple[str, PreservationWeights]]:
@@ -60,7 +61,7 @@ def train_editor(
     directory = Path(config.edits.directory)
     target = editor_path(directory, attribute, weights)
     device = generator.device
-    direction = load_direction(directory / "directions" / f"{attribute}.safetensors", latent_shape=generator.latent_shape)
+    direction = load_direction(direction_path(directory, attribute), latent_shape=generator.latent_shape)
     classifier = load_latent_classifier(directory / CLASSIFIER_FILE, latent_shape=generator.latent_shape, device=device)
     settings = config.training
     strengths = config.edits.strengths

@@ -17,7 +17,8 @@ from pipeline.config import parse_config
 from pipeline.images import encode_png, write_atomic
 from pipeline.manifest import to_table, write_shard
 from pipeline.models.assets import REGISTRY
-from pipeline.run import generate_shard, plan_shards, prepare_run, shard_path
+from pipeline.layout import plan_shards, prepare_run, shard_path
+from pipeline.run import generate_shard
 
 SOURCE_CONFIG = {"sources": {"count": 8, "shard_size": 4}, "scoring": {"enabled": False}, "device": "cpu"}
 ATTRIBUTES = ("age", "gender", "hair")

@@ -29,7 +29,8 @@ import pytest
 from data_schemas import Col
 from pipeline.config import load_config
 from pipeline.manifest import read_manifest
-from pipeline.run import generate_shard, plan_shards, prepare_run
+from pipeline.layout import plan_shards, prepare_run
+from pipeline.run import generate_shard
 
 pytestmark = pytest.mark.slow
 

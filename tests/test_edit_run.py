@@ -13,7 +13,8 @@ import torch
 from data_schemas import Col
 from pipeline.card import write_card
 from pipeline.config import LockConfig, PreservationWeights, RunConfig, parse_config
-from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, read_report
+from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard
+from pipeline.editing.files import read_report
 from pipeline.editing.editor import load_editor
 from pipeline.edits import edit_directions
 from pipeline.evaluation import summarise
@@ -22,9 +23,10 @@ from pipeline.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.factory import load_generator
 from pipeline.generators.base import FaceGenerator
-from pipeline.run import generate_shard, prepare_run, write_contact_sheet
+from pipeline.layout import prepare_run
+from pipeline.run import generate_shard, write_contact_sheet
 from pipeline.scoring import load_scorer
-from pipeline.objectives import editor_path
+from pipeline.editing.files import editor_path
 from pipeline.train_editors import required_editors, train_editor
 from stylegan2_fixtures import save_rosinality, small_config, small_generator
 

@@ -13,8 +13,9 @@ import torch
 
 from data_schemas import Col
 from pipeline.config import PreservationWeights, parse_config
-from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
-from pipeline.edits import EditSpec, Editing, attribute_reached, edit_directions, plan_edits
+from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard
+from pipeline.editing.plan import EditSpec, plan_edits
+from pipeline.edits import Editing, attribute_reached, edit_directions
 from pipeline.editing.editor import load_editor, save_editor
 from pipeline.editing.hfld import HFLDLoss
 from pipeline.editing.preservation import PreservationLoss
@@ -30,7 +31,7 @@ from pipeline.evaluation import (
     reductions,
     summarise,
 )
-from pipeline.objectives import editor_path
+from pipeline.editing.files import editor_path
 from pipeline.train_editors import required_editors, train_editor
 from test_discovery import LATENT_DIM, PlantedScorer
 

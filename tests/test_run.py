@@ -15,7 +15,8 @@ from pipeline.errors import ConfigError
 from pipeline.images import read_png
 from pipeline.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
-from pipeline.run import generate_shard, plan_shards, prepare_run, shard_path, write_contact_sheet
+from pipeline.layout import plan_shards, prepare_run, shard_path
+from pipeline.run import generate_shard, write_contact_sheet
 
 CONFIG = parse_config({"sources": {"count": 10, "first_seed": 40, "shard_size": 4}, "batch_size": 3, "device": "cpu"})
 

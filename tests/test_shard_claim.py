@@ -178,7 +178,7 @@ _SHARD_RACER = textwrap.dedent(
     from pathlib import Path
     from pipeline.config import parse_config
     from pipeline.generators.factory import load_generator
-    from pipeline.run import prepare_run
+    from pipeline.layout import prepare_run
     from pipeline.shard_claim import generate_shard_once
     config = parse_config(json.loads(sys.argv[2]))
     run_dir = Path(sys.argv[1])

@@ -749,7 +749,8 @@ def test_generate_runs_on_a_stylegan2_checkpoint(tmp_path: Path, generator: Styl
     from pipeline.config import parse_config
     from pipeline.images import read_png
     from pipeline.manifest import read_manifest
-    from pipeline.run import generate_shard, prepare_run
+    from pipeline.layout import prepare_run
+    from pipeline.run import generate_shard
 
     checkpoint = tmp_path / "g.pt"
     save_rosinality(generator, checkpoint)

@@ -20,7 +20,8 @@ from pipeline.images import read_png
 from pipeline.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.base import to_uint8
-from pipeline.run import generate_shard, prepare_run, shard_path
+from pipeline.layout import prepare_run, shard_path
+from pipeline.run import generate_shard
 from pipeline.scoring import load_scorer
 from pipeline.summary import RunManifest, summarize
 

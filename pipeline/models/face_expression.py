@@ -37,7 +37,7 @@ from torch import nn
 from pipeline.errors import CheckpointError, ImageError
 from pipeline.images import as_uint8_images
 from pipeline.models.assets import asset_path
-from pipeline.models.emotion import LABELS, crop_resize
+from pipeline.models.emotion import crop_resize
 
 FACE_API_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
 # For each FER2013 label, the index of the same expression among face-api's outputs.
