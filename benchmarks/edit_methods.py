@@ -26,7 +26,7 @@ import torch
 from pipeline.config import LockConfig, load_config
 from pipeline.editing.plan import plan_edits
 from pipeline.edits import Editing, edit_directions
-from pipeline.generators.factory import load_generator, resolve_device
+from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.run import make_edit
 from pipeline.scoring import load_scorer
 
@@ -40,7 +40,7 @@ def main() -> None:
 
     config = load_config(args.config)
     device = resolve_device(config.device)
-    generator, _, _ = load_generator(config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, str(device))
+    generator, _, _ = load_run_generator(config, str(device))
     scorer = load_scorer(*config.scorer_settings(str(device)))
     editing = Editing(config, generator)
     attribute, strength = config.edits.attributes[0], max(config.edits.strengths)

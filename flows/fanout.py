@@ -15,8 +15,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from flows.generate import with_device
-from pipeline.config import load_config
+from pipeline.config import load_config, with_device
 from pipeline.errors import ConfigError, ExprlockError
 from pipeline.layout import default_run_dir, plan_shards, prepare_run
 from pipeline.shard_claim import split_shards

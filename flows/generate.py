@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from prefect import flow, task
+from prefect import Task, flow, task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.card import write_card
-from pipeline.config import RunConfig, load_config, parse_config
-from pipeline.errors import ConfigError
+from pipeline.config import load_config, parse_config, with_device
+from pipeline.errors import ConfigError, is_deterministic
 from pipeline.manifest import MANIFEST_DIR
 from pipeline.layout import default_run_dir, plan_shards, prepare_run, shard_path
 from pipeline.run import write_contact_sheet
@@ -37,7 +39,12 @@ GPU_TAG = "exprlock-gpu"
 CPU_TAG = "exprlock-cpu"
 
 
-@task(name="generate-shard", cache_policy=NO_CACHE, retries=1)
+def retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry a shard only when a second try may pass: never bad input, a full disk or a refusal."""
+    return not is_deterministic(state.result(raise_on_failure=False))
+
+
+@task(name="generate-shard", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient)
 def generate_shard_task(config: dict[str, Any], run_dir: str, index: int) -> dict[str, Any]:
     outcome = generate_shard_once(parse_config(config), Path(run_dir), index)
     return {"shard": outcome.index, "path": str(outcome.path), "rows": outcome.rows, "status": str(outcome.status)}
@@ -111,13 +118,6 @@ def generate(
         "shards_busy": statuses.count(ShardStatus.BUSY),
         "rows_written": sum(r["rows"] for r in results),
     }
-
-
-def with_device(config: RunConfig, device: str | None) -> RunConfig:
-    """The config with its device replaced (validated again); the run id stays the same."""
-    if device is None:
-        return config
-    return parse_config({**config.model_dump(mode="json"), "device": device}, source="device parameter")
 
 
 def slot_tag(device: str) -> str:

@@ -15,19 +15,14 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.config import PreservationWeights, load_config, parse_config
 from pipeline.discovery import collect_samples_on_disk
 from pipeline.editing.training import TrainingProgress
-from pipeline.generators.factory import load_generator, resolve_device
+from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.train_editors import required_editors, train_editor
 
 
 @task(name="train-editor", tags=["exprlock-gpu"], cache_policy=NO_CACHE)
 def train_editor_task(config: dict[str, Any], attribute: str, weights: dict[str, float]) -> str:
     settings = parse_config(config)
-    generator, _, _ = load_generator(
-        settings.generator_kind,
-        settings.generator.checkpoint,
-        settings.generator.truncation_psi,
-        str(resolve_device(settings.device)),
-    )
+    generator, _, _ = load_run_generator(settings, str(resolve_device(settings.device)))
     logger = get_run_logger()
 
     def report(progress: TrainingProgress) -> None:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, m
 from pipeline.errors import ConfigError
 
 # Fields that change neither images nor scores; excluded from the run id.
-_EXECUTION_FIELDS = {"device", "batch_size"}
+_EXECUTION_FIELDS = {"device", "batch_size", "base_dir"}
 # Settings of target expressions; left out of the run id of a run without targets, so runs
 # made before they existed keep their id. Likewise the preserving editors' weights without a
 # method that uses them, the lock when it is off or there is nothing to edit, and layer
@@ -210,8 +210,9 @@ class EditsConfig(_Strict):
             raise ValueError("edits.hfld_lambdas: expected positive values (lambda 0 is the `editor` method)")
         if any(value <= 0 for value in self.strengths):
             raise ValueError("edits.strengths: expected positive values; the edit's sign follows each source")
-        if self.attributes and not (self.strengths and self.methods):
-            raise ValueError("edits.strengths and edits.methods: edits.attributes needs at least one of each")
+        empty = [name for name in ("strengths", "methods") if self.attributes and not getattr(self, name)]
+        if empty:
+            raise ValueError(f"edits.{empty[0]}: is empty, but edits.attributes are set; give at least one or drop the attributes")
         if _PRESERVE_METHODS & set(self.methods) and not self.preserve:
             raise ValueError("edits.preserve: the editor_preserve and refined_preserve methods need at least one entry")
         if any(entry.landmarks == entry.emotion == entry.identity == entry.expression == 0 for entry in self.preserve):
@@ -231,6 +232,11 @@ class RunConfig(_Strict):
     edits: EditsConfig = EditsConfig()
     batch_size: StrictInt = Field(32, ge=1, le=4096, description="images per model call")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    base_dir: str | None = Field(
+        None,
+        description="folder that relative paths (generator.checkpoint, edits.directory, edits.direction_files) "
+        "resolve against; set from the config file's folder when loaded from a file, else the working directory",
+    )
 
     @model_validator(mode="after")
     def _generator_fits_profile(self) -> RunConfig:
@@ -244,6 +250,20 @@ class RunConfig(_Strict):
         if self.sources.expressions and not self.scoring.enabled:
             raise ValueError("scoring.enabled: target expressions need the emotion ensemble's scores")
         return self
+
+    def resolve(self, path: str) -> Path:
+        """A path of the config as the run uses it: relative ones start at `base_dir`."""
+        return Path(self.base_dir or "") / Path(path).expanduser()
+
+    @property
+    def models_dir(self) -> Path:
+        """`edits.directory`, resolved."""
+        return self.resolve(self.edits.directory)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """`generator.checkpoint`, resolved; None for the profile's asset."""
+        return self.resolve(self.generator.checkpoint) if self.generator.checkpoint else None
 
     @property
     def generator_kind(self) -> str:
@@ -295,6 +315,13 @@ def parse_config(data: Any, *, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {_describe(error)}") from None
 
 
+def with_device(config: RunConfig, device: str | None) -> RunConfig:
+    """The config with its device replaced (validated again); the run id stays the same."""
+    if device is None:
+        return config
+    return parse_config({**config.model_dump(mode="json"), "device": device}, source="device parameter")
+
+
 SMALLEST_CONFIG = "profile: demo, sources: {count: 8}"
 
 
@@ -319,7 +346,8 @@ class _ConfigLoader(yaml.SafeLoader):
 
 def load_config(path: Path) -> RunConfig:
     """Read and validate a YAML (.yaml, .yml) or TOML (.toml) run config: UTF-8, not empty,
-    without repeated keys or YAML aliases."""
+    without repeated keys or YAML aliases. Relative paths in it start at the file's folder, so
+    the config means the same from any working directory."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -336,6 +364,10 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid {kind} ({_one_line(error)})") from None
     if not data:
         raise ConfigError(f"{path}: the config is empty; the smallest valid config is `{SMALLEST_CONFIG}`")
+    if isinstance(data, dict) and "base_dir" in data:
+        raise ConfigError(f"{path}: base_dir: set from the config file's folder, not in the file; remove it")
+    if isinstance(data, dict):
+        data = {**data, "base_dir": str(path.absolute().parent)}
     return parse_config(data, source=str(path))
 
 

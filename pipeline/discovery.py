@@ -84,7 +84,7 @@ def sample_shard_plan(config: RunConfig) -> list[tuple[Path, range]]:
     """Each discovery shard's file and seeds."""
     settings = config.discovery
     seeds = range(settings.first_seed, settings.first_seed + settings.samples)
-    directory = Path(config.edits.directory) / "samples"
+    directory = config.models_dir / "samples"
     return [
         (directory / f"shard-{index:05d}.npz", seeds[start : start + settings.shard_size])
         for index, start in enumerate(range(0, len(seeds), settings.shard_size))
@@ -157,7 +157,7 @@ def discover(
     provenance: dict[str, Any],
 ) -> dict[str, Any]:
     """Fit and save every direction and the latent classifier; return the report."""
-    directory = Path(config.edits.directory)
+    directory = config.models_dir
     settings = config.discovery
     latents = torch.from_numpy(samples.latents)
     candidates = list(EDITABLE_ATTRIBUTES) + [emotion_name(label) for label in EMOTION_LABELS]

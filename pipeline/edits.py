@@ -17,7 +17,6 @@ attribute (the sign follows the source's own score, so every edit tries to flip 
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,12 +25,19 @@ from pipeline.config import PreservationWeights, RunConfig
 from pipeline.discovery import ATTRIBUTE_SCORES
 from pipeline.editing.directions import Direction, load_direction, project_orthogonal
 from pipeline.editing.editor import LatentEditor, layer_mask, load_editor
-from pipeline.editing.files import CLASSIFIER_FILE, direction_path, editor_path, emotion_name, read_report
+from pipeline.editing.files import (
+    CLASSIFIER_FILE,
+    direction_file,
+    editor_path,
+    emotion_name,
+    read_report,
+    require_attributes,
+    require_generator,
+)
 from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
 from pipeline.editing.plan import EditSpec
 from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementConfig, refine_edits
-from pipeline.errors import CheckpointError, ConfigError
 from pipeline.generators.base import FaceGenerator
 from pipeline.objectives import preservation_loss
 
@@ -54,26 +60,15 @@ class Editing:
     def __init__(self, config: RunConfig, generator: FaceGenerator) -> None:
         self.config = config
         self.generator = generator
-        self.directory = Path(config.edits.directory)
+        self.directory = config.models_dir
         self.report = read_report(self.directory)
-        missing = [a for a in config.edits.attributes if a not in self.report["success_thresholds"]]
-        if missing:
-            raise ConfigError(
-                f"edits.attributes: no direction for {missing} in {self.directory} (they were not scored "
-                "at discovery); enable their scorer and run `exprlock discover` again"
-            )
+        require_attributes(self.report, self.directory, config.edits.attributes)
         self._editors: dict[tuple[str, PreservationWeights], LatentEditor] = {}
         self._preservation: dict[PreservationWeights, PreservationLoss] = {}
 
     def require_generator(self, sha256: str) -> None:
         """Refuse directions and editors that discovery made for another generator's latents."""
-        made_for = self.report.get("provenance", {}).get("generator_sha256")
-        if made_for and made_for != sha256:
-            raise CheckpointError(
-                f"{self.directory}: its directions and editors were made for the generator with SHA-256 "
-                f"{made_for[:16]}..., this run's generator is {sha256[:16]}...; run `exprlock discover` and "
-                "`exprlock train-editor` for this generator, or set edits.directory to its models"
-            )
+        require_generator(self.report, self.directory, sha256)
 
     def threshold(self, attribute: str) -> float:
         return float(self.report["success_thresholds"][attribute])
@@ -84,9 +79,7 @@ class Editing:
 
     def direction(self, name: str) -> Direction:
         """A user-supplied direction file when the config names one, else the discovered one."""
-        supplied = self.config.edits.direction_files.get(name)
-        path = Path(supplied) if supplied else direction_path(self.directory, name)
-        return load_direction(path, latent_shape=self.generator.latent_shape, name=name)
+        return load_direction(direction_file(self.config, name), latent_shape=self.generator.latent_shape, name=name)
 
     def projected_direction(self, attribute: str) -> Direction:
         others = [self.direction(emotion_name(label)) for label in self.config.discovery.project_out]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, naming
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ def write_atomic(data: bytes, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(temp, "wb") as handle:
+        with naming(temp), open(temp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

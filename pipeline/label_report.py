@@ -31,7 +31,7 @@ from pipeline.editing.directions import load_direction
 from pipeline.evaluation import confident_sources, judge_confusion, judged_sources, label_agreement, markdown_table
 from pipeline.expressions import steer_sources
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
-from pipeline.generators.factory import load_generator
+from pipeline.generators.factory import load_run_generator
 from pipeline.generators.base import FaceGenerator
 from pipeline.layout import plan_shards, prepare_run
 from pipeline.run import generate_shard, write_contact_sheet
@@ -60,7 +60,7 @@ def probe_config(config: RunConfig, label: str, *, slots: int = PROBE_SLOTS, can
 
 def ensure_discovery(config: RunConfig, generator: FaceGenerator, scorer: FaceScorer) -> None:
     """Discovery on the config's edits directory, unless its emotion directions exist."""
-    if all(direction_path(config.edits.directory, emotion_name(label)).is_file() for label in EMOTION_LABELS):
+    if all(direction_path(config.models_dir, emotion_name(label)).is_file() for label in EMOTION_LABELS):
         return
     for index in range(len(sample_shard_plan(config))):
         ensure_sample_shard(config, index, generator, scorer)
@@ -75,7 +75,7 @@ def reachability(
     for label in EMOTION_LABELS:
         probe = probe_config(config, label, slots=slots, candidates=candidates)
         direction = load_direction(
-            direction_path(config.edits.directory, emotion_name(label)),
+            direction_path(config.models_dir, emotion_name(label)),
             latent_shape=generator.latent_shape,
         )
         steered = steer_sources(probe, generator, scorer.expressions, {label: direction}, range(slots), [label] * slots, strict=False)
@@ -130,10 +130,10 @@ def write_label_report(
 
     `say` receives one line per finished step, for progress.
     """
-    generator, _, _ = load_generator(config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, device)
+    generator, _, _ = load_run_generator(config, device)
     scorer = load_scorer(*config.scorer_settings(device))
     ensure_discovery(config, generator, scorer)
-    say(f"discovery: {config.edits.directory}")
+    say(f"discovery: {config.models_dir}")
     reach = reachability(config, generator, scorer, slots=probe_slots, candidates=probe_candidates)
     say("reachability: " + ", ".join(f"{r.expression} {r.reached}/{r.probe_sources}" for r in reach.itertuples()))
     free_dir = make_run(free_config(config), runs / f"{name}-free", say=say)

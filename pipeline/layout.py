@@ -1,14 +1,16 @@
 """Where a run keeps what it writes, and which seeds each shard holds.
 
 A run directory holds `config.json` (the run id and resolved config), `manifest/shard-*.parquet`
-(one file per shard; its presence means the shard is finished), `images/shard-*/`, the contact
-sheet and the dataset card. Nothing here imports torch.
+(one file per shard; its presence means the shard is finished), `images/shard-*/seed-*.png`
+(sources, and edits named after their spec), the contact sheet and the dataset card. Nothing here imports torch, so the command line can check a run's
+inputs and summarise a finished run in well under a second.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pipeline
 from pipeline.config import RunConfig
@@ -19,6 +21,7 @@ from pipeline.manifest import MANIFEST_DIR, shard_filename
 CONFIG_FILE = "config.json"
 CONTACT_SHEET = "contact_sheet.png"
 CARD_FILE = "dataset_card.md"
+IMAGES_DIR = "images"
 
 
 def plan_shards(config: RunConfig) -> list[range]:
@@ -38,15 +41,56 @@ def prepare_run(config: RunConfig, run_dir: Path) -> Path:
     if record.exists():
         previous = json.loads(record.read_text()).get("run_id")
         if previous != config.run_id:
-            raise ConfigError(
-                f"{run_dir}: holds run {previous}, but this config is run {config.run_id}; "
-                "choose another --out directory (nothing was changed)"
-            )
+            raise other_run_error(run_dir, previous, config.run_id)
         return run_dir
     payload = {"run_id": config.run_id, "exprlock": pipeline.__version__, "config": config.model_dump(mode="json")}
     write_atomic((json.dumps(payload, indent=2) + "\n").encode(), record)
     return run_dir
 
 
+def other_run_error(run_dir: Path, previous: str | None, run_id: str) -> ConfigError:
+    return ConfigError(
+        f"{run_dir}: holds run {previous}, but this config is run {run_id}; "
+        "choose another --out directory (nothing was changed)"
+    )
+
+
 def shard_path(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / MANIFEST_DIR / shard_filename(index)
+
+
+def shard_images(index: int) -> Path:
+    """A shard's image folder, relative to the run directory (as the manifest records paths)."""
+    return Path(IMAGES_DIR) / f"shard-{index:05d}"
+
+
+def source_image(index: int, seed: int) -> Path:
+    return shard_images(index) / f"seed-{seed:09d}.png"
+
+
+def edit_image(index: int, seed: int, slug: str) -> Path:
+    return shard_images(index) / f"seed-{seed:09d}-{slug}.png"
+
+
+def finished_summary(config: RunConfig, run_dir: Path, shards: list[int]) -> dict[str, Any] | None:
+    """What a `generate` run of `shards` reports when nothing is left to do: every shard
+    committed and, for a complete run, the contact sheet and card written. None while work remains."""
+    run_dir = Path(run_dir)
+    if not all(shard_path(run_dir, index).exists() for index in shards):
+        return None
+    complete = all(shard_path(run_dir, index).exists() for index in range(len(plan_shards(config))))
+    sheet, card = run_dir / CONTACT_SHEET, run_dir / CARD_FILE
+    if complete and not (sheet.is_file() and card.is_file()):
+        return None
+    return {
+        "run_id": config.run_id,
+        "run_dir": str(run_dir),
+        "manifest": str(run_dir / MANIFEST_DIR),
+        "complete": complete,
+        "contact_sheet": str(sheet) if complete else None,
+        "dataset_card": str(card) if complete else None,
+        "shards_written": 0,
+        "shards_skipped": len(shards),
+        "shards_busy": 0,
+        "rows_written": 0,
+    }

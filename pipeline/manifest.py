@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 import pipeline
 from data_schemas import SCHEMA_METADATA_KEY, manifest_schema, schema_for_version
-from pipeline.errors import ManifestError
+from pipeline.errors import ManifestError, naming
 
 MANIFEST_DIR = "manifest"
 
@@ -60,7 +60,7 @@ def write_shard(table: pa.Table, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(temp, "wb") as handle:
+        with naming(temp), open(temp, "wb") as handle:
             pq.write_table(table, handle, compression="zstd")
             handle.flush()
             os.fsync(handle.fileno())

@@ -19,9 +19,9 @@ import torch
 from data_schemas import CURRENT_VERSION, Col
 from pipeline.config import RunConfig
 from pipeline.images import contact_sheet, encode_png, labelled_grid, read_png, write_atomic
-from pipeline.layout import CONTACT_SHEET, plan_shards, shard_path
+from pipeline.layout import CONTACT_SHEET, edit_image, plan_shards, shard_path, source_image
 from pipeline.manifest import read_manifest, to_table, write_shard
-from pipeline.generators.factory import load_generator, resolve_device
+from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.generators.base import FaceGenerator, to_uint8
 from pipeline.editing.files import emotion_name
 from pipeline.editing.directions import Direction
@@ -60,16 +60,13 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
         return ShardResult(index, path, 0, skipped=True)
     seeds = plan_shards(config)[index]
     device = resolve_device(config.device)
-    generator, generator_name, generator_sha = load_generator(
-        config.generator_kind, config.generator.checkpoint, config.generator.truncation_psi, str(device)
-    )
+    generator, generator_name, generator_sha = load_run_generator(config, str(device))
     scorer = load_scorer(*config.scorer_settings(str(device))) if config.scoring.enabled else None
     specs = plan_edits(config)
     targets = plan_targets(config)
     editing = Editing(config, generator) if specs or targets else None
     if editing is not None:
         editing.require_generator(generator_sha)
-    images_dir = Path("images") / f"shard-{index:05d}"
     columns: dict[str, list] = defaultdict(list)
     for start in range(0, len(seeds), config.batch_size):
         batch = seeds[start : start + config.batch_size]
@@ -87,7 +84,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
             Col.SEED: names,
             **origin,
             Col.LATENT: list(latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
-            **_save_images(run_dir, [images_dir / f"seed-{seed:09d}.png" for seed in names], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
+            **_save_images(run_dir, [source_image(index, seed) for seed in names], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
         }
         scores = scorer.score(floats) if scorer is not None else None
         if scores is not None:
@@ -110,7 +107,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
                 **made.lock_columns,
                 Col.LATENT_EDIT: list(made.latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
                 **_save_images(
-                    run_dir, [images_dir / f"seed-{seed:09d}-{spec.slug}.png" for seed in names], made.images, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
+                    run_dir, [edit_image(index, seed, spec.slug) for seed in names], made.images, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
                 ),
                 **edit_score_columns(made.scores, compare(scores, made.scores)),
                 Col.ATTRIBUTE_SCORE_SOURCE: before.tolist(),

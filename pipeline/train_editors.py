@@ -58,7 +58,7 @@ def train_editor(
     training settings, HFLD options, samples and classifier); otherwise it is refused by name,
     so a rerun discovery or a changed config never edits with a stale editor.
     """
-    directory = Path(config.edits.directory)
+    directory = config.models_dir
     target = editor_path(directory, attribute, weights)
     device = generator.device
     direction = load_direction(direction_path(directory, attribute), latent_shape=generator.latent_shape)

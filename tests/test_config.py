@@ -78,7 +78,8 @@ def test_run_id_follows_content_not_execution_settings() -> None:
         ("", "the config is empty; the smallest valid config is `profile: demo, sources: {count: 8}`"),
         ("# only a comment\n", "the config is empty; the smallest valid config is"),
         ("sources: {count: 8}\nsources: {count: 9}\n", "key 'sources' appears twice (line 2); keep one"),
-        ("edits: {attributes: [age], methods: []}\n", "edits.attributes needs at least one of each"),
+        ("edits: {attributes: [age], methods: []}\n", "edits.methods: is empty, but edits.attributes are set"),
+        ("edits: {attributes: [age], strengths: []}\n", "edits.strengths: is empty, but edits.attributes are set"),
     ],
 )
 def test_bad_config_files_get_one_line(tmp_path: Path, text: str, message: str) -> None:

@@ -1,13 +1,16 @@
 """The edits a run makes: every (attribute, method, strength, preservation weights) of its config.
 
-Torch-free, so that what a run will edit can be known before anything heavy loads.
+Torch-free: the command line plans a run's edits, and checks the models they need, before
+anything heavy loads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.config import PreservationWeights, RunConfig
+from pipeline.editing.files import CLASSIFIER_FILE, REPORT_FILE, direction_file, editor_path, emotion_name
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,23 @@ def plan_edits(config: RunConfig) -> list[EditSpec]:
                     for w in dict.fromkeys(weights)
                 )
     return specs
+
+
+def required_models(config: RunConfig) -> list[Path]:
+    """Every model file the run's edits and target expressions load, in a stable order."""
+    edits = config.edits
+    if not edits.attributes and not config.sources.expressions:
+        return []
+    directory = config.models_dir
+    needed = [directory / REPORT_FILE]
+    needed += [direction_file(config, emotion_name(label)) for label in config.sources.expressions]
+    for spec in plan_edits(config):
+        if spec.method in ("linear", "linear_projected"):
+            needed.append(direction_file(config, spec.attribute))
+        if spec.method == "linear_projected":
+            needed += [direction_file(config, emotion_name(label)) for label in config.discovery.project_out]
+        if spec.method not in ("linear", "linear_projected"):
+            needed.append(editor_path(directory, spec.attribute, spec.weights))
+        if spec.method in ("refined", "refined_preserve"):
+            needed.append(directory / CLASSIFIER_FILE)
+    return list(dict.fromkeys(needed))

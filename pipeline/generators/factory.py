@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.models.assets import asset_path, file_sha256
 from pipeline.generators.base import FaceGenerator
@@ -39,3 +40,11 @@ def load_generator(
         generator = load_stylegan2(path, device=device, truncation_psi=truncation_psi)
         return generator, f"stylegan2:{path.name}", file_sha256(path)
     raise ValueError(f"generator kind {kind!r} is not one of 'dcgan', 'stylegan2'")
+
+
+def load_run_generator(config: RunConfig, device: str) -> tuple[FaceGenerator, str, str]:
+    """`load_generator` with the run config's generator, its checkpoint path resolved."""
+    checkpoint = config.checkpoint_path
+    return load_generator(
+        config.generator_kind, str(checkpoint) if checkpoint else None, config.generator.truncation_psi, device
+    )

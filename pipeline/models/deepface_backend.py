@@ -56,6 +56,19 @@ def weights_path(home: Path | None = None) -> Path:
     return deepface_home(home) / ".deepface" / "weights" / WEIGHTS_FILE
 
 
+def require_weights(home: Path | None = None) -> Path:
+    """The emotion weights' path, or an error saying where to put them (exprlock never downloads)."""
+    path = weights_path(home)
+    if not path.is_file():
+        raise AssetError(
+            f"deepface emotion weights not found at {path}; download "
+            f"{' or '.join(deepface_emotion.WEIGHTS_URL)} to that path (exprlock never "
+            "downloads), or set DEEPFACE_HOME to the folder whose .deepface/weights/ holds "
+            f"{WEIGHTS_FILE}"
+        )
+    return path
+
+
 def _load_state_dict(path: Path, into: nn.Module) -> None:
     """Load tensors only (never arbitrary pickled objects), after checking every name and shape."""
     remedy = f"replace it with a fresh copy of {deepface_emotion.WEIGHTS_URL[0]}"
@@ -97,14 +110,7 @@ class DeepFaceEmotion(nn.Module):
 
     def __init__(self, home: Path | None = None) -> None:
         super().__init__()
-        self.weights_path = weights_path(home)
-        if not self.weights_path.is_file():
-            raise AssetError(
-                f"deepface emotion weights not found at {self.weights_path}; download "
-                f"{' or '.join(deepface_emotion.WEIGHTS_URL)} to that path (exprlock never "
-                "downloads), or set DEEPFACE_HOME to the folder whose .deepface/weights/ holds "
-                f"{WEIGHTS_FILE}"
-            )
+        self.weights_path = require_weights(home)
         self.net = deepface_emotion.EmotionModel()
         _load_state_dict(self.weights_path, self.net)
         self.net.requires_grad_(False)

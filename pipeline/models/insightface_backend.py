@@ -50,7 +50,8 @@ def pack_dir(root: Path | None = None) -> Path:
     return root / "models" / PACK
 
 
-def _model_file(root: Path | None, filename: str, role: str) -> Path:
+def model_file(root: Path | None, filename: str, role: str) -> Path:
+    """A file of the pack, or an error saying where to put it (exprlock never downloads)."""
     path = pack_dir(root) / filename
     if not path.is_file():
         raise AssetError(
@@ -89,7 +90,7 @@ class ArcFaceIdentity:
     """
 
     def __init__(self, root: Path | None = None, *, providers: Sequence[str] | None = None) -> None:
-        self.weights_path = _model_file(root, RECOGNITION_FILE, "recognition")
+        self.weights_path = model_file(root, RECOGNITION_FILE, "recognition")
         self.model: ArcFaceONNX = _load(self.weights_path, ArcFaceONNX, "recognition", providers)
         width, height = self.model.input_size
         self.crop_size = (height, width)
@@ -151,7 +152,7 @@ class SCRFDDetector:
         threshold: float = 0.5,
         providers: Sequence[str] | None = None,
     ) -> None:
-        self.weights_path = _model_file(root, DETECTION_FILE, "detection")
+        self.weights_path = model_file(root, DETECTION_FILE, "detection")
         self.model: SCRFD = _load(self.weights_path, SCRFD, "detection", providers)
         if not self.model.use_kps:
             raise AssetError(f"{self.weights_path}: this SCRFD graph has no landmark outputs; use the {PACK} original")
