@@ -224,7 +224,7 @@ def test_a_missing_asset_is_refused(tmp_path: Path, no_server: list[str], monkey
     config = write_config(tmp_path, QUICK)
     message = refused(["--config", str(config), "--out", str(tmp_path / "run")], tmp_path, no_server)
     expected = tmp_path / "empty-home" / "assets" / "dcgan-digiface" / "dcgan_digiface.pt"
-    assert message.startswith(f"asset 'dcgan-digiface' (")
+    assert message.startswith("asset 'dcgan-digiface' (")
     assert f"is not in the cache; looked in {expected.parent.parent.parent / 'assets' / 'dcgan-digiface'}" in message
     assert message.endswith("run `exprlock assets fetch dcgan-digiface`, or set EXPRLOCK_HOME to the folder that holds assets/")
 
