@@ -87,7 +87,7 @@ def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
         try:
             return command(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt as interrupt:
             name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
@@ -183,7 +183,13 @@ def generate(
             "generate/shards deployment per range to the gpu pool (needs PREFECT_API_URL and `exprlock setup`).",
         ),
     ] = None,
-    wait: Annotated[bool, typer.Option(help="With --submit: wait for the submitted runs and fail if one fails.")] = True,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            help="Wait for shards other workers hold (default: exit 1 naming them); with --submit, for the "
+            "submitted runs (default: wait)."
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config, run id and shards, run nothing.")] = False,
 ) -> None:
     """Sample faces in shards, render them and write the Parquet manifest and dataset card.
@@ -199,13 +205,13 @@ def generate(
       exprlock generate --config configs/demo.yaml --submit 2   # two flow runs on the gpu pool
     """
     from pipeline.config import load_config, with_device
-    from pipeline.layout import default_run_dir, finished_summary, plan_shards
+    from pipeline.layout import default_run_dir, finished_summary, shard_count
     from pipeline.preflight import check_generate, check_run_dir
     from pipeline.shard_claim import parse_shard_spec, split_shards
 
     resolved = with_device(load_config(config), device)
     run_dir = out or default_run_dir(resolved)
-    total = len(plan_shards(resolved))
+    total = shard_count(resolved)
     selected = parse_shard_spec(shards, total) if shards else list(range(total))
     if submit and (shards or dask or dask_address):
         raise ConfigError("--submit: splits the whole run into ranges itself; drop --shards, --dask and --dask-address")
@@ -220,25 +226,48 @@ def generate(
         console.print_json(json.dumps(record))
         return
     if submit:
-        _submit(config, run_dir, submit, device, wait, resolved, selected)
+        _submit(config, run_dir, submit, device, wait is not False, resolved, selected)
         return
     summary = finished_summary(resolved, run_dir, selected)
     if summary is None:
         from flows.generate import generate as generate_flow
 
         runner = "dask" if dask or dask_address else "process"
-        summary = _with_progress(
-            lambda: generate_flow(str(config), str(run_dir), device=device, shards=shards, runner=runner,
-                                  dask_address=dask_address, dask_workers=dask_workers),
-            resolved, run_dir, selected,
-        )
+
+        def render(spec: str | None) -> dict[str, Any]:
+            return generate_flow(str(config), str(run_dir), device=device, shards=spec, runner=runner,
+                                 dask_address=dask_address, dask_workers=dask_workers)
+
+        summary = _with_progress(lambda: render(shards), resolved, run_dir, selected)
+        while summary["busy"] and wait:
+            held = [item["shard"] for item in summary["busy"]]
+            errors.print(f"waiting for {len(held)} shards other workers hold", highlight=False)
+            _wait_for_claims(run_dir, held)
+            summary = _with_progress(lambda: render(",".join(map(str, held))), resolved, run_dir, held)
     _print_summary(summary, len(selected))
+    if summary["busy"]:
+        for item in summary["busy"]:
+            errors.print(f"shard {item['shard']} is held by {item['note']}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _wait_for_claims(run_dir: Path, shards: list[int], poll: float = 2.0) -> None:
+    """Until every one of `shards` is committed or no longer claimed (its owner finished or died)."""
+    import time
+
+    from pipeline.layout import shard_path
+    from pipeline.shard_claim import is_held
+
+    while any(is_held(shard_path(run_dir, i)) and not shard_path(run_dir, i).exists() for i in shards):
+        time.sleep(poll)
 
 
 def _print_summary(summary: dict[str, Any], selected: int) -> None:
     console.print(f"run {summary['run_id']}: {summary['rows_written']} rows written, "
                   f"{summary['shards_skipped']} of {selected} shards already done"
-                  + (f", {summary['shards_busy']} held by other workers" if summary["shards_busy"] else ""), highlight=False, soft_wrap=True)
+                  + (f", {len(summary['busy'])} held by other workers" if summary["busy"] else ""), highlight=False, soft_wrap=True)
+    for item in summary["remade"]:
+        console.print(f"made again: {item['note']}", highlight=False, soft_wrap=True)
     console.print(f"manifest:      {summary['manifest']}", highlight=False, soft_wrap=True)
     if summary["complete"]:
         console.print(f"contact sheet: {summary['contact_sheet']}", highlight=False, soft_wrap=True)
@@ -415,8 +444,16 @@ def inspect_run(
 
     Example: exprlock inspect runs/demo --json
     """
+    from pipeline.integrity import verify_run
     from pipeline.summary import RunManifest, summarize, summary_lines, to_json, write_plots
 
+    damage = [problem for problem in verify_run(run_dir).problems if not problem.missing]
+    if damage:
+        for problem in damage:
+            errors.print(str(problem), highlight=False, soft_wrap=True)
+        errors.print(f"{len(damage)} problems: the run is damaged; `exprlock verify {run_dir} --repair` makes "
+                     "the damaged shards again", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     manifest = RunManifest.read(run_dir)
     summary = summarize(manifest)
     written = [] if no_plots else write_plots(manifest, out_dir=plots)
@@ -427,6 +464,53 @@ def inspect_run(
     for line in summary_lines(summary):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"{'plots':<16}{', '.join(summary['plots']) or 'none (nothing scored)'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_clean_errors
+def verify(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (the one holding manifest/).", show_default=False)],
+    repair: Annotated[
+        bool, typer.Option(help="Move damaged shards and their images into RUN/quarantine/ and make them again.")
+    ] = False,
+) -> None:
+    """Check a run against its ledger: every shard's SHA-256 and complete decoding, every image's
+    presence and digest, every planned seed present exactly once.
+
+    Prints one line per problem, naming the file, and exits 1 if any remain. With --repair the
+    damaged and missing shards are rendered again (nothing is deleted: the damaged files are kept
+    in RUN/quarantine/), then the contact sheet and card are rewritten and the run checked again.
+
+    Example: exprlock verify runs/demo --repair
+    """
+    from pipeline.integrity import repair_run, verify_run
+
+    report = verify_run(run_dir)
+    for problem in report.problems:
+        console.print(str(problem), highlight=False, soft_wrap=True)
+    if repair and report.problems:
+        made = repair_run(run_dir, report)
+        console.print(f"made again: {', '.join(f'shard {i}' for i in made) or 'nothing'}", highlight=False)
+        _rewrite_derived(run_dir)
+        report = verify_run(run_dir)
+        for problem in report.problems:
+            console.print(str(problem), highlight=False, soft_wrap=True)
+    console.print(f"{run_dir}: {report.shards} shards and {report.images} images checked, {len(report.problems)} problems",
+                  highlight=False, soft_wrap=True)
+    if report.problems:
+        raise typer.Exit(1)
+
+
+def _rewrite_derived(run_dir: Path) -> None:
+    """The contact sheet and card again, once every shard is there (they show the shards' images)."""
+    from pipeline.card import write_card
+    from pipeline.integrity import run_config
+    from pipeline.layout import shard_count, shard_path
+    from pipeline.run import write_contact_sheet
+
+    if all(shard_path(run_dir, i).exists() for i in range(shard_count(run_config(run_dir)))):
+        write_contact_sheet(run_dir)
+        write_card(run_dir)
 
 
 @app.command("setup")

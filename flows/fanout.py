@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 
 from pipeline.config import load_config, with_device
 from pipeline.errors import ConfigError, ExprlockError
-from pipeline.layout import default_run_dir, plan_shards, prepare_run
+from pipeline.layout import default_run_dir, prepare_run, shard_count
 from pipeline.shard_claim import split_shards
 
 SHARDS_DEPLOYMENT = "generate/shards"
@@ -49,7 +49,7 @@ def generate_fanout(
 
     config = with_device(load_config(Path(config_path)), device)
     run_dir = prepare_run(config, Path(out) if out else default_run_dir(config))
-    specs = split_shards(len(plan_shards(config)), parts)
+    specs = split_shards(shard_count(config), parts)
     logger = get_run_logger()
     children = []
     for spec in specs:

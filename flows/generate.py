@@ -31,7 +31,7 @@ from pipeline.card import write_card
 from pipeline.config import load_config, parse_config, with_device
 from pipeline.errors import ConfigError, is_deterministic
 from pipeline.manifest import MANIFEST_DIR
-from pipeline.layout import default_run_dir, plan_shards, prepare_run, shard_path
+from pipeline.layout import default_run_dir, prepare_run, shard_count, shard_path
 from pipeline.run import write_contact_sheet
 from pipeline.shard_claim import ShardStatus, generate_shard_once, parse_shard_spec
 
@@ -47,7 +47,8 @@ def retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
 @task(name="generate-shard", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient)
 def generate_shard_task(config: dict[str, Any], run_dir: str, index: int) -> dict[str, Any]:
     outcome = generate_shard_once(parse_config(config), Path(run_dir), index)
-    return {"shard": outcome.index, "path": str(outcome.path), "rows": outcome.rows, "status": str(outcome.status)}
+    return {"shard": outcome.index, "path": str(outcome.path), "rows": outcome.rows, "status": str(outcome.status),
+            "note": outcome.note}
 
 
 @task(name="contact-sheet", cache_policy=NO_CACHE)
@@ -93,7 +94,7 @@ def generate(
     if dask_address and runner != "dask":
         raise ConfigError("dask_address: only used with runner='dask'; set runner='dask' or drop the address")
     run_dir = prepare_run(config, Path(out) if out else default_run_dir(config))
-    total = len(plan_shards(config))
+    total = shard_count(config)
     indices = parse_shard_spec(shards, total) if shards else list(range(total))
     payload = config.model_dump(mode="json")
     tag = slot_tag(config.device)
@@ -106,6 +107,8 @@ def generate(
         results = [shard_task(payload, str(run_dir), index) for index in indices]
     complete = all(shard_path(run_dir, index).exists() for index in range(total))
     statuses = [r["status"] for r in results]
+    notes = {status: [{"shard": r["shard"], "note": r["note"]} for r in results if r["status"] == status]
+             for status in (ShardStatus.REMADE, ShardStatus.BUSY)}
     return {
         "run_id": config.run_id,
         "run_dir": str(run_dir),
@@ -115,7 +118,8 @@ def generate(
         "dataset_card": dataset_card_task(str(run_dir)) if complete else None,
         "shards_written": statuses.count(ShardStatus.WRITTEN),
         "shards_skipped": statuses.count(ShardStatus.DONE),
-        "shards_busy": statuses.count(ShardStatus.BUSY),
+        "remade": notes[ShardStatus.REMADE],  # damaged shards quarantined and made again
+        "busy": notes[ShardStatus.BUSY],  # shards other workers hold, with their owners
         "rows_written": sum(r["rows"] for r in results),
     }
 

@@ -33,7 +33,7 @@ from pipeline.expressions import steer_sources
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.generators.factory import load_run_generator
 from pipeline.generators.base import FaceGenerator
-from pipeline.layout import plan_shards, prepare_run
+from pipeline.layout import prepare_run, shard_count
 from pipeline.run import generate_shard, write_contact_sheet
 from pipeline.scoring import FaceScorer, load_scorer
 from pipeline.summary import RunManifest, summarize
@@ -94,7 +94,7 @@ def reachability(
 def make_run(config: RunConfig, run_dir: Path, *, say: Callable[[str], None] = lambda _: None) -> Path:
     """Every shard of a run (finished ones kept), its contact sheet and card."""
     prepare_run(config, run_dir)
-    total = len(plan_shards(config))
+    total = shard_count(config)
     for index in range(total):
         result = generate_shard(config, run_dir, index)
         say(f"{run_dir}: shard {index + 1}/{total} {'kept' if result.skipped else 'written'}")

@@ -24,10 +24,17 @@ CARD_FILE = "dataset_card.md"
 IMAGES_DIR = "images"
 
 
-def plan_shards(config: RunConfig) -> list[range]:
-    """The seed range of each shard, in shard order."""
-    seeds, size = config.seeds, config.sources.shard_size
-    return [seeds[start : start + size] for start in range(0, len(seeds), size)]
+def shard_count(config: RunConfig) -> int:
+    """How many shards the run's seeds make."""
+    return -(-config.sources.count // config.sources.shard_size)
+
+
+def shard_seeds(config: RunConfig, index: int) -> range:
+    """The seeds of one shard: computed, not looked up, so it costs the same in any size of run."""
+    if not 0 <= index < shard_count(config):
+        raise IndexError(f"shard {index} is outside this run's shards 0-{shard_count(config) - 1}")
+    start = index * config.sources.shard_size
+    return config.seeds[start : start + config.sources.shard_size]
 
 
 def default_run_dir(config: RunConfig, root: Path = Path("runs")) -> Path:
@@ -74,11 +81,16 @@ def edit_image(index: int, seed: int, slug: str) -> Path:
 
 def finished_summary(config: RunConfig, run_dir: Path, shards: list[int]) -> dict[str, Any] | None:
     """What a `generate` run of `shards` reports when nothing is left to do: every shard
-    committed and, for a complete run, the contact sheet and card written. None while work remains."""
+    committed as its ledger record says (size, SHA-256, images present) and, for a complete
+    run, the contact sheet and card written. None while work remains."""
+    from pipeline.ledger import record_mismatch, shard_record
+
     run_dir = Path(run_dir)
-    if not all(shard_path(run_dir, index).exists() for index in shards):
-        return None
-    complete = all(shard_path(run_dir, index).exists() for index in range(len(plan_shards(config))))
+    for index in shards:
+        record = shard_record(run_dir, index)
+        if record is None or record_mismatch(run_dir, record) is not None:
+            return None
+    complete = all(shard_path(run_dir, index).exists() for index in range(shard_count(config)))
     sheet, card = run_dir / CONTACT_SHEET, run_dir / CARD_FILE
     if complete and not (sheet.is_file() and card.is_file()):
         return None
@@ -91,6 +103,7 @@ def finished_summary(config: RunConfig, run_dir: Path, shards: list[int]) -> dic
         "dataset_card": str(card) if complete else None,
         "shards_written": 0,
         "shards_skipped": len(shards),
-        "shards_busy": 0,
+        "remade": [],
+        "busy": [],
         "rows_written": 0,
     }

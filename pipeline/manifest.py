@@ -61,7 +61,7 @@ def write_shard(table: pa.Table, path: Path) -> Path:
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with naming(temp), open(temp, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
+            pq.write_table(table, handle, compression="zstd", write_page_checksum=True)
             handle.flush()
             os.fsync(handle.fileno())
         written = pq.read_table(temp)

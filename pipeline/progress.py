@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.editing.plan import plan_edits
-from pipeline.layout import plan_shards, shard_images, shard_path
+from pipeline.layout import shard_images, shard_path, shard_seeds
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,7 @@ class RunProgress:
     def __init__(self, config: RunConfig, run_dir: Path, shards: list[int]) -> None:
         self.run_dir = Path(run_dir)
         self.edits_per_face = len(plan_edits(config))
-        plan = plan_shards(config)
-        self._sizes = {index: len(plan[index]) for index in shards}
+        self._sizes = {index: len(shard_seeds(config, index)) for index in shards}
         self._finished: set[int] = set()
         faces = sum(self._sizes.values())
         self.total = Count(faces, faces * self.edits_per_face)

@@ -3,7 +3,7 @@
 Every function takes plain values (config, run directory, shard index), so the Prefect tasks
 that wrap them stay thin and everything here runs without Prefect. A shard whose Parquet file
 exists is finished and skipped; its images are renamed into place before the Parquet file, so
-the Parquet rename is the commit.
+the Parquet rename is the commit. The ledger record (`pipeline.ledger`) follows the commit.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 from data_schemas import CURRENT_VERSION, Col
 from pipeline.config import RunConfig
 from pipeline.images import contact_sheet, encode_png, labelled_grid, read_png, write_atomic
-from pipeline.layout import CONTACT_SHEET, edit_image, plan_shards, shard_path, source_image
+from pipeline.layout import CONTACT_SHEET, edit_image, shard_path, shard_seeds, source_image
+from pipeline.ledger import record_shard, with_shard_metadata
 from pipeline.manifest import read_manifest, to_table, write_shard
 from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.generators.base import FaceGenerator, to_uint8
@@ -58,7 +59,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     path = shard_path(run_dir, index)
     if path.exists():
         return ShardResult(index, path, 0, skipped=True)
-    seeds = plan_shards(config)[index]
+    seeds = shard_seeds(config, index)
     device = resolve_device(config.device)
     generator, generator_name, generator_sha = load_run_generator(config, str(device))
     scorer = load_scorer(*config.scorer_settings(str(device))) if config.scoring.enabled else None
@@ -133,7 +134,9 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
         # Rows of one attribute and method sit together, so readers filtering on them skip
         # whole row groups by their statistics.
         table = table.sort_by([(Col.ATTRIBUTE, "ascending"), (Col.EDITOR, "ascending"), (Col.SEED, "ascending")])
+    table = with_shard_metadata(table)
     write_shard(table, path)
+    record_shard(run_dir, index, path, table)
     return ShardResult(index, path, count, skipped=False)
 
 

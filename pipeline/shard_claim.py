@@ -1,6 +1,6 @@
 """Shard ownership: which shards a worker takes, and an exclusive claim so each is written once.
 
-Selection. A run's shards are numbered `0 .. n-1` (`pipeline.layout.plan_shards`). A worker is
+Selection. A run's shards are numbered `0 .. n-1` (`pipeline.layout.shard_seeds`). A worker is
 given a spec such as ``"0-9"`` or ``"0-3,8"`` (`parse_shard_spec`); a parent that fans a run out
 to N workers gives each a contiguous range (`split_shards`).
 
@@ -8,16 +8,21 @@ Claims. Two workers can still race for one shard (overlapping ranges, a retried 
 worker restarted while its old process lives on). Before rendering, a worker creates a claim
 file next to the shard on the shared filesystem, ``.shard-00003.parquet.claim``, with
 ``os.open(O_CREAT | O_EXCL)``: exactly one creator succeeds (atomic on local filesystems and on
-NFSv3 and later). The claim records host, pid and a random token; its owner refreshes the
-file's mtime from a heartbeat thread and removes it when done. A claim is stale when its owner
-ran on this host and its pid is gone, or when its mtime is older than `stale_after` (an owner
-that died on another machine stops its heartbeat). A stale claim is broken by renaming it to a
+NFSv3 and later). The claim records host, pid, start time and a random token; its owner
+refreshes the file's mtime from a heartbeat thread and removes it when done. A claim is stale
+when its owner ran on this host and its pid is gone or now belongs to a later process, when its
+mtime is older than `stale_after` (an owner that died on another machine, or in a container
+since replaced, stops its heartbeat), or when it is empty or unreadable for longer than
+`EMPTY_CLAIM_GRACE` seconds (its owner died between creating and writing it). `stale_after` is
+`$EXPRLOCK_CLAIM_TIMEOUT` seconds, default 120. A stale claim is broken by renaming it to a
 unique name first: of two workers that both judge it stale only one rename succeeds, and the
 winner checks that it moved the very claim it judged (else it puts the newer claim back).
 
 After winning a claim the worker checks again that the shard file does not exist (another
 worker may have committed it and released its claim in between), so a shard's rows and images
-are produced by one worker. The claim file's name starts with a dot, so manifest readers and
+are produced by one worker. A committed shard is skipped only when its file matches its ledger
+record (`pipeline.integrity.shard_damage`); one that does not is moved to the run's quarantine
+and made again, under the claim. The claim file's name starts with a dot, so manifest readers and
 dataset discovery never see it.
 """
 
@@ -31,19 +36,26 @@ import socket
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import psutil
+
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
+from pipeline.integrity import quarantine_shard, shard_damage
 from pipeline.layout import shard_path
 
 # A claim whose heartbeat stopped this long ago belongs to a dead owner on another machine.
-DEFAULT_STALE_AFTER = 900.0
-DEFAULT_HEARTBEAT = 30.0
+CLAIM_TIMEOUT_VARIABLE = "EXPRLOCK_CLAIM_TIMEOUT"
+DEFAULT_STALE_AFTER = 120.0
+DEFAULT_HEARTBEAT = 10.0
+# An empty or unreadable claim this old was left by an owner that died while creating it.
+EMPTY_CLAIM_GRACE = 5.0
 
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -95,9 +107,28 @@ class ClaimOwner:
     host: str
     pid: int
     token: str
+    started: float  # Unix time the claim was made
 
     def describe(self) -> str:
-        return f"pid {self.pid} on {self.host}"
+        since = datetime.fromtimestamp(self.started, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"pid {self.pid} on {self.host} since {since}"
+
+
+def stale_after_setting() -> float:
+    """`$EXPRLOCK_CLAIM_TIMEOUT` (seconds without a heartbeat before a claim is stale), else 120."""
+    raw = os.environ.get(CLAIM_TIMEOUT_VARIABLE)
+    if raw is None:
+        return DEFAULT_STALE_AFTER
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 3 * DEFAULT_HEARTBEAT or value == float("inf"):
+        raise ConfigError(
+            f"{CLAIM_TIMEOUT_VARIABLE}={raw!r}: expected seconds, more than three heartbeats "
+            f"({3 * DEFAULT_HEARTBEAT:g}); unset it for the default {DEFAULT_STALE_AFTER:g}"
+        )
+    return value
 
 
 def claim_path(target: Path) -> Path:
@@ -134,13 +165,14 @@ class Claim:
 
 
 def try_claim(
-    target: Path, *, stale_after: float = DEFAULT_STALE_AFTER, heartbeat: float = DEFAULT_HEARTBEAT
+    target: Path, *, stale_after: float | None = None, heartbeat: float = DEFAULT_HEARTBEAT
 ) -> Claim | ClaimOwner | None:
     """Claim `target`: a `Claim` when won, else the live owner (None when it cannot be read)."""
+    stale_after = stale_after_setting() if stale_after is None else stale_after
     path = claim_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = ClaimOwner(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex)
-    payload = json.dumps({"host": me.host, "pid": me.pid, "token": me.token}).encode()
+    me = ClaimOwner(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex, started=time.time())
+    payload = json.dumps({"host": me.host, "pid": me.pid, "token": me.token, "started": me.started}).encode()
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -163,7 +195,7 @@ def try_claim(
 
 @contextmanager
 def claim(
-    target: Path, *, stale_after: float = DEFAULT_STALE_AFTER, heartbeat: float = DEFAULT_HEARTBEAT
+    target: Path, *, stale_after: float | None = None, heartbeat: float = DEFAULT_HEARTBEAT
 ) -> Iterator[Claim | ClaimOwner | None]:
     """`try_claim` as a context: a won claim is released on exit, also after an error."""
     held = try_claim(target, stale_after=stale_after, heartbeat=heartbeat)
@@ -174,6 +206,13 @@ def claim(
             held.release()
 
 
+def is_held(target: Path) -> bool:
+    """Whether a live owner holds `target`'s claim (a stale claim counts as free)."""
+    path = claim_path(target)
+    observed = _read_bytes(path)
+    return observed is not None and not _is_stale(path, observed, stale_after_setting())
+
+
 def _is_stale(path: Path, observed: bytes, stale_after: float) -> bool:
     try:
         age = time.time() - path.stat().st_mtime
@@ -182,7 +221,9 @@ def _is_stale(path: Path, observed: bytes, stale_after: float) -> bool:
     if age > stale_after:
         return True
     owner = _parse_owner(observed)
-    return owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid)
+    if owner is None:
+        return age > EMPTY_CLAIM_GRACE
+    return owner.host == socket.gethostname() and not _pid_is_owner(owner)
 
 
 def _break_stale(path: Path, observed: bytes) -> None:
@@ -201,14 +242,15 @@ def _break_stale(path: Path, observed: bytes) -> None:
         grave.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_is_owner(owner: ClaimOwner) -> bool:
+    """Whether the claim's pid still runs the process that made it (not a later one reusing it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        started = psutil.Process(owner.pid).create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
+    return started <= owner.started + 1.0
 
 
 def _read_bytes(path: Path) -> bytes | None:
@@ -221,7 +263,9 @@ def _read_bytes(path: Path) -> bytes | None:
 def _parse_owner(raw: bytes | None) -> ClaimOwner | None:
     try:
         record = json.loads(raw or b"")
-        return ClaimOwner(host=str(record["host"]), pid=int(record["pid"]), token=str(record["token"]))
+        return ClaimOwner(
+            host=str(record["host"]), pid=int(record["pid"]), token=str(record["token"]), started=float(record["started"])
+        )
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -234,7 +278,8 @@ class ShardStatus(StrEnum):
     """What happened to one shard in one worker."""
 
     WRITTEN = "written"  # this worker rendered and committed it
-    DONE = "done"  # it was already committed
+    REMADE = "remade"  # it was committed but damaged: quarantined, then rendered and committed again
+    DONE = "done"  # it was already committed, as the ledger recorded it
     BUSY = "busy"  # another live worker holds its claim
 
 
@@ -244,7 +289,7 @@ class ShardOutcome:
     path: Path
     rows: int
     status: ShardStatus
-    owner: str | None = None
+    note: str | None = None  # the owner of a busy shard; what was wrong with a remade one
 
 
 def generate_shard_once(
@@ -252,18 +297,24 @@ def generate_shard_once(
     run_dir: Path,
     index: int,
     *,
-    stale_after: float = DEFAULT_STALE_AFTER,
+    stale_after: float | None = None,
     heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> ShardOutcome:
-    """`pipeline.run.generate_shard` under the shard's claim; a shard held elsewhere is BUSY."""
+    """`pipeline.run.generate_shard` under the shard's claim; a shard held elsewhere is BUSY, a
+    committed one that does not match its ledger record is quarantined and made again."""
     from pipeline.run import generate_shard  # imports torch: only where shards are made
 
     path = shard_path(run_dir, index)
-    if path.exists():
+    if path.exists() and shard_damage(config, run_dir, index) is None:
         return ShardOutcome(index, path, 0, ShardStatus.DONE)
     with claim(path, stale_after=stale_after, heartbeat=heartbeat) as held:
         if not isinstance(held, Claim):
-            return ShardOutcome(index, path, 0, ShardStatus.BUSY, held.describe() if held else None)
+            return ShardOutcome(index, path, 0, ShardStatus.BUSY, held.describe() if held else "an unreadable claim")
+        damage = shard_damage(config, run_dir, index) if path.exists() else None
+        if path.exists() and damage is None:
+            return ShardOutcome(index, path, 0, ShardStatus.DONE)  # another worker made it meanwhile
+        if damage is not None:
+            quarantine_shard(run_dir, index)
         result = generate_shard(config, run_dir, index)
-    status = ShardStatus.DONE if result.skipped else ShardStatus.WRITTEN
-    return ShardOutcome(index, path, result.rows, status)
+    status = ShardStatus.WRITTEN if damage is None else ShardStatus.REMADE
+    return ShardOutcome(index, path, result.rows, status, damage)

@@ -17,18 +17,18 @@ from pipeline.config import parse_config
 from pipeline.images import encode_png, write_atomic
 from pipeline.manifest import to_table, write_shard
 from pipeline.models.assets import REGISTRY
-from pipeline.layout import plan_shards, prepare_run, shard_path
+from pipeline.layout import prepare_run, shard_count, shard_path
 from pipeline.run import generate_shard
 
 SOURCE_CONFIG = {"sources": {"count": 8, "shard_size": 4}, "scoring": {"enabled": False}, "device": "cpu"}
-ATTRIBUTES = ("age", "gender", "hair")
+ATTRIBUTES = ("age", "gender", "hair_lightness")
 
 
 def make_source_run(run_dir: Path) -> Path:
     """A real demo run: 8 DCGAN faces in 2 shards, neither edited nor scored."""
     config = parse_config(SOURCE_CONFIG)
     prepare_run(config, run_dir)
-    for index in range(len(plan_shards(config))):
+    for index in range(shard_count(config)):
         generate_shard(config, run_dir, index)
     return run_dir
 
@@ -36,7 +36,8 @@ def make_source_run(run_dir: Path) -> Path:
 def make_scored_run(run_dir: Path, *, seeds: int = 40, size: int = 8) -> pd.DataFrame:
     """A run of `seeds` sources x 3 attribute edits with drawn scores; returns its rows."""
     rng = np.random.default_rng(7)
-    config = parse_config({"sources": {"count": seeds, "shard_size": seeds // 2}, "device": "cpu"})
+    edits = {"attributes": list(ATTRIBUTES), "strengths": [2.0], "methods": ["editor_hfld"], "hfld_lambdas": [1.0]}
+    config = parse_config({"sources": {"count": seeds, "shard_size": seeds // 2}, "edits": edits, "device": "cpu"})
     prepare_run(config, run_dir)
     generator, scorers = REGISTRY["dcgan-digiface"], [REGISTRY["fer-mini-xception"], REGISTRY["sface"]]
     models = [

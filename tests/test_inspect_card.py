@@ -35,7 +35,7 @@ def test_summary_of_a_scored_run_matches_its_rows(scored: tuple[Path, pd.DataFra
     by_attribute = frame.groupby(Col.ATTRIBUTE)[Col.EMOTION_FLIPPED].mean().to_dict()
     assert summary["flip_rate_by_attribute"] == pytest.approx(by_attribute)
     assert summary[Col.EMOTION_SOURCE] == frame[Col.EMOTION_SOURCE].value_counts().to_dict()
-    assert summary[Col.ATTRIBUTE] == {"age": 40, "gender": 40, "hair": 40}
+    assert summary[Col.ATTRIBUTE] == {"age": 40, "gender": 40, "hair_lightness": 40}
     identity = frame[Col.IDENTITY_COSINE].to_numpy(np.float64)
     stats = summary["metrics"][Col.IDENTITY_COSINE]
     assert stats["mean"] == pytest.approx(identity.mean()) and stats["p95"] == pytest.approx(np.quantile(identity, 0.95))

