@@ -3,9 +3,11 @@ result with a run made in one go: it must verify clean and hold the same rows an
 
     python benchmarks/crash_resume.py --kills 5 --shards 20
 
-The whole process group is killed (the CLI and its temporary Prefect server), as a crashed
-machine would lose them; nothing gets a chance to clean up. Prints one line per kill and a final
-verdict; exits 1 if the runs differ.
+Each kill comes a random fraction of a shard's time after the attempt committed its first new
+shard, so it lands while a shard is being rendered or written. The whole process group is
+killed (the CLI and its temporary Prefect server), as a crashed machine would lose them; nothing
+gets a chance to clean up. Prints one line per kill and a final verdict; exits 1 if the runs
+differ.
 """
 
 from __future__ import annotations
@@ -29,10 +31,20 @@ from pipeline.manifest import read_manifest
 EXPRLOCK = str(Path(sys.executable).parent / "exprlock")
 
 
-def generate(config: Path, out: Path, *, kill_after: float | None = None) -> int | None:
-    """Run generate; with `kill_after`, SIGKILL its process group after that many seconds."""
+def committed(out: Path, total: int) -> int:
+    return sum(shard_path(out, i).exists() for i in range(total))
+
+
+def generate(config: Path, out: Path, total: int, *, kill_after: float | None = None) -> int | None:
+    """Run generate; with `kill_after`, SIGKILL its process group that many seconds after it
+    committed a shard (None: it finished first)."""
     process = subprocess.Popen([EXPRLOCK, "generate", "--config", str(config), "--out", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if kill_after is None:
+        return process.wait()
+    before = committed(out, total)
+    while committed(out, total) == before and process.poll() is None:
+        time.sleep(0.05)
     try:
         return process.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -58,7 +70,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--shards", type=int, default=20)
-    parser.add_argument("--shard-size", type=int, default=4)
+    parser.add_argument("--shard-size", type=int, default=32)
+    parser.add_argument("--delays", type=float, nargs=2, default=(0.0, 3.0),
+                        help="range of seconds after a commit before each kill (about one shard's time)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -69,15 +83,15 @@ def main() -> int:
     total = shard_count(load_config(config))
     killed, one_go = work / "killed", work / "one-go"
     started = time.perf_counter()
-    generate(config, one_go)
+    generate(config, one_go, total)
     print(f"one go: {total} shards in {time.perf_counter() - started:.0f} s")
     for kill in range(1, args.kills + 1):
-        delay = rng.uniform(4.0, 20.0)
-        status = generate(config, killed, kill_after=delay)
-        done = sum(shard_path(killed, i).exists() for i in range(total))
-        print(f"kill {kill}: SIGKILL after {delay:.1f} s" if status is None else f"kill {kill}: finished before {delay:.1f} s",
-              f"({done} of {total} shards committed)")
-    status = generate(config, killed)
+        delay = rng.uniform(*args.delays)
+        status = generate(config, killed, total, kill_after=delay)
+        in_flight = sorted(p.name for p in (killed / "manifest").glob(".*.claim"))
+        print(f"kill {kill}: SIGKILL {delay:.1f} s after a commit" if status is None else f"kill {kill}: finished first",
+              f"({committed(killed, total)} of {total} shards committed; claims left behind: {', '.join(in_flight) or 'none'})")
+    status = generate(config, killed, total)
     report = verify_run(killed)
     differences = same(killed, one_go)
     claims = list((killed / "manifest").glob(".*.claim"))

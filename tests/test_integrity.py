@@ -113,6 +113,8 @@ def test_a_deleted_image_is_reported_and_repaired(run: Path, clean: Path) -> Non
     assert [str(p) for p in report.problems] == [f"{image}: missing; `exprlock verify RUN --repair` makes it again"]
     verified = runner.invoke(app, ["verify", str(run)])
     assert verified.exit_code == 1 and verified.output.splitlines()[0] == str(report.problems[0])
+    inspected = runner.invoke(app, ["inspect", str(run), "--no-plots"])
+    assert inspected.exit_code == 1 and inspected.output.splitlines()[0] == str(report.problems[0])
     repaired = runner.invoke(app, ["verify", str(run), "--repair"])
     assert repaired.exit_code == 0, repaired.output
     assert repaired.output.splitlines()[-1] == f"{run}: 2 shards and 8 images checked, 0 problems"
