@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import Progress, artifact_key, label_flow_run
 
 from pipeline.config import load_config, parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
@@ -39,11 +42,19 @@ def fit_directions_task(config: dict[str, Any]) -> dict[str, Any]:
     return discover(settings, collect_samples_on_disk(settings), provenance=provenance)
 
 
-@flow(name="discover")
+@flow(name="discover", persist_result=True)
 def discover_flow(config_path: str) -> dict[str, Any]:
     """Fit one direction per attribute and emotion, and the latent classifier, from scored samples."""
     config = load_config(Path(config_path))
+    label_flow_run("discover", config.run_id)
     payload = config.model_dump(mode="json")
-    for index in range(len(sample_shard_plan(config))):
-        sample_shard_task(payload, index)
-    return fit_directions_task(payload)
+    shards = len(sample_shard_plan(config))
+    progress = Progress(artifact_key(config.run_id, "samples"), shards, "discovery sample shards")
+    for index in range(shards):
+        sample_shard_task.with_options(task_run_name=f"samples-{index:05d}")(payload, index)
+        progress.advance()
+    report = fit_directions_task(payload)
+    rows = [{"direction": name, **record} for name, record in report["directions"].items()]
+    create_table_artifact(table=rows, key=artifact_key(config.run_id, "directions"),
+                          description=f"hold-out accuracy of each direction in {config.models_dir}")
+    return report

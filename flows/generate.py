@@ -18,22 +18,26 @@ Shard tasks on a CUDA device carry the `exprlock-gpu` tag, whose concurrency lim
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from prefect import Task, flow, task
+from prefect import Task, flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import Progress, artifact_key, label_flow_run
 from pipeline.card import write_card
 from pipeline.config import load_config, parse_config, with_device
 from pipeline.errors import ConfigError, is_deterministic
-from pipeline.manifest import MANIFEST_DIR
+from pipeline.manifest import MANIFEST_DIR, shard_files
 from pipeline.layout import default_run_dir, prepare_run, shard_count, shard_path
 from pipeline.run import write_contact_sheet
 from pipeline.shard_claim import ShardStatus, generate_shard_once, parse_shard_spec
+from pipeline.summary import RunManifest, markdown_summary
 
 GPU_TAG = "exprlock-gpu"
 CPU_TAG = "exprlock-cpu"
@@ -44,11 +48,16 @@ def retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return not is_deterministic(state.result(raise_on_failure=False))
 
 
-@task(name="generate-shard", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient)
+@task(name="generate-shard", task_run_name="shard-{index:05d}", cache_policy=NO_CACHE, retries=1,
+      retry_condition_fn=retry_transient)
 def generate_shard_task(config: dict[str, Any], run_dir: str, index: int) -> dict[str, Any]:
+    started = time.perf_counter()
     outcome = generate_shard_once(parse_config(config), Path(run_dir), index)
+    seconds = round(time.perf_counter() - started, 2)
+    get_run_logger().info("shard %05d %s: %d rows, %s%s", index, outcome.status, outcome.rows, outcome.path,
+                          f" ({outcome.note})" if outcome.note else "")
     return {"shard": outcome.index, "path": str(outcome.path), "rows": outcome.rows, "status": str(outcome.status),
-            "note": outcome.note}
+            "note": outcome.note, "seconds": seconds}
 
 
 @task(name="contact-sheet", cache_policy=NO_CACHE)
@@ -69,7 +78,7 @@ def render_shards(config: dict[str, Any], run_dir: str, indices: list[int], tag:
     return [future.result() for future in futures]
 
 
-@flow(name="generate")
+@flow(name="generate", persist_result=True)
 def generate(
     config_path: str,
     out: str | None = None,
@@ -94,22 +103,28 @@ def generate(
     if dask_address and runner != "dask":
         raise ConfigError("dask_address: only used with runner='dask'; set runner='dask' or drop the address")
     run_dir = prepare_run(config, Path(out) if out else default_run_dir(config))
+    label_flow_run("generate", config.run_id)
     total = shard_count(config)
     indices = parse_shard_spec(shards, total) if shards else list(range(total))
     payload = config.model_dump(mode="json")
     tag = slot_tag(config.device)
+    progress = Progress(artifact_key(config.run_id, "progress"), len(indices), f"shards of run {config.run_id}")
     if runner == "dask":
         results = render_shards.with_options(task_runner=dask_task_runner(dask_address, dask_workers))(
             payload, str(run_dir), indices, tag
         )
+        progress.advance(len(results))
     else:
         shard_task = generate_shard_task.with_options(tags=[tag])
-        results = [shard_task(payload, str(run_dir), index) for index in indices]
+        results = []
+        for index in indices:
+            results.append(shard_task(payload, str(run_dir), index))
+            progress.advance()
     complete = all(shard_path(run_dir, index).exists() for index in range(total))
     statuses = [r["status"] for r in results]
     notes = {status: [{"shard": r["shard"], "note": r["note"]} for r in results if r["status"] == status]
              for status in (ShardStatus.REMADE, ShardStatus.BUSY)}
-    return {
+    summary = {
         "run_id": config.run_id,
         "run_dir": str(run_dir),
         "manifest": str(run_dir / MANIFEST_DIR),
@@ -122,6 +137,19 @@ def generate(
         "busy": notes[ShardStatus.BUSY],  # shards other workers hold, with their owners
         "rows_written": sum(r["rows"] for r in results),
     }
+    publish_run(config.run_id, run_dir, summary, results)
+    return summary
+
+
+def publish_run(run_id: str, run_dir: Path, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """The per-shard outcomes as a table artifact, and the run as a Markdown one."""
+    columns = ("shard", "status", "rows", "seconds", "path", "note")
+    create_table_artifact(table=[{c: r.get(c) for c in columns} for r in results], key=artifact_key(run_id, "shards"),
+                          description=f"shards of run {run_id} in this flow run: written, done, remade or busy")
+    if shard_files(run_dir):
+        files = {"manifest": summary["manifest"], "contact sheet": summary["contact_sheet"], "dataset card": summary["dataset_card"]}
+        create_markdown_artifact(markdown=markdown_summary(RunManifest.read(run_dir), files), key=artifact_key(run_id, "summary"),
+                                 description=f"run {run_id}")
 
 
 def slot_tag(device: str) -> str:

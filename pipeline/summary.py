@@ -150,6 +150,37 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def markdown_summary(manifest: RunManifest, files: dict[str, str | None]) -> str:
+    """The run in a few lines of Markdown (for an orchestrator's UI): rows, sources, edits per
+    attribute and method, the source emotions, the emotion-kept rate, identity and landmark
+    medians, and where the manifest, contact sheet and card are (`files`: name -> path)."""
+    summary, table = summarize(manifest), manifest.scalars
+    kept = summary["flip_rate"]
+    lines = [
+        f"# Run `{summary['run_id']}`",
+        "",
+        f"**{summary['rows']} rows** from **{summary['seeds']['unique']} sources** in {summary['shards']} shards.",
+        "",
+    ]
+    edits = [row for row in _counts(table, [Col.ATTRIBUTE, Col.EDITOR]) if row[Col.ATTRIBUTE] is not None]
+    if edits:
+        lines += ["| attribute | method | edits |", "|---|---|---|"]
+        lines += [f"| {r[Col.ATTRIBUTE]} | {r[Col.EDITOR]} | {r['rows']} |" for r in sorted(edits, key=lambda r: (r[Col.ATTRIBUTE], r[Col.EDITOR]))]
+        lines.append("")
+    emotions = summary[Col.EMOTION_SOURCE]
+    if emotions != NOT_SCORED:
+        sources = table.select([Col.SEED, Col.EMOTION_SOURCE]).group_by([Col.SEED, Col.EMOTION_SOURCE]).aggregate([])
+        counts = _value_counts(sources, Col.EMOTION_SOURCE)
+        lines.append("Source emotions: " + ", ".join(f"{label} {count}" for label, count in counts.items()) + ".")
+    metrics = summary["metrics"] if summary["metrics"] != NOT_SCORED else {}
+    facts = [f"emotion kept in {1 - kept:.1%} of edits" if kept != NOT_SCORED else None]
+    facts += [f"median {name} {metrics[name]['median']:.3f}" for name in (Col.IDENTITY_COSINE, Col.LANDMARK_NME) if name in metrics]
+    if any(facts):
+        lines.append("; ".join(f for f in facts if f).capitalize() + ".")
+    lines += ["", *(f"- {name}: `{path}`" for name, path in files.items() if path)]
+    return "\n".join(lines) + "\n"
+
+
 def write_plots(manifest: RunManifest, *, out_dir: Path | None = None) -> list[Path]:
     """A histogram PNG per score column, and bar charts of emotions and flip rates.
 

@@ -51,6 +51,33 @@ def test_flow_writes_then_resumes(prefect_api: None, config_file: Path, tmp_path
     second = generate(str(config_file), str(out))
     assert (second["shards_written"], second["shards_skipped"]) == (1, 2)
     assert read_manifest(out).column(Col.SEED).to_pylist() == list(range(8))
+    check_artifacts(first["run_id"])
+
+
+def check_artifacts(run_id: str) -> None:
+    """What the UI shows of the two flow runs: names, tags, task names, artifacts (latest versions)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run-id:{run_id}"])))
+        assert sorted(r.name for r in runs) == [f"generate-{run_id}"] * 2
+        latest = max(runs, key=lambda r: r.start_time)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [latest.id]}))
+        assert sorted(t.name for t in tasks if t.name.startswith("shard-")) == ["shard-00000", "shard-00001", "shard-00002"]
+        assert latest.state.is_completed() and latest.state.result()["rows_written"] == 2  # the persisted summary
+
+        def artifact(suffix: str):  # noqa: ANN202
+            key = f"{run_id}-{suffix}"
+            found = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            assert len(found) == 1, key
+            return found[0]
+
+        assert artifact("progress").data == 100.0
+        summary = artifact("summary").data
+        assert f"# Run `{run_id}`" in summary and "**8 rows** from **8 sources** in 3 shards." in summary
+        table = json.loads(artifact("shards").data)
+        assert [(row["shard"], row["status"], row["rows"]) for row in table] == [(0, "done", 0), (1, "done", 0), (2, "written", 2)]
 
 
 def test_cli_dry_run_prints_the_run_id(config_file: Path) -> None:
