@@ -308,6 +308,13 @@ def _submit(
         console.print(f"shards {child['shards']:<12} flow run {child['name']} ({child['id']}): {state}",
                       highlight=False, soft_wrap=True)
     console.print(f"run {summary['run_id']} on {server}: {summary['run_dir']}", highlight=False, soft_wrap=True)
+    if wait:
+        from pipeline.layout import CARD_FILE, CONTACT_SHEET
+        from pipeline.manifest import MANIFEST_DIR
+
+        for label, name in (("manifest", MANIFEST_DIR), ("contact sheet", CONTACT_SHEET), ("dataset card", CARD_FILE)):
+            if (run_dir / name).exists():
+                console.print(f"{label + ':':<15}{run_dir / name}", highlight=False, soft_wrap=True)
 
 
 @app.command()

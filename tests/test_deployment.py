@@ -167,6 +167,22 @@ def test_setup_creates_pools_limit_and_scheduled_deployments(deployed: Server) -
     deployed.run(str(BIN / "exprlock"), "setup", "--gpu-slots", "1", "--no-deployments")
 
 
+def test_a_submission_without_a_worker_says_so_and_schedules_nothing(deployed: Server, tmp_path: Path) -> None:
+    """Runs before any worker of this module starts."""
+    config = _config(tmp_path / "tiny.yaml", count=4, shard_size=2)
+    started = time.monotonic()
+    result = deployed.run(str(BIN / "exprlock"), "generate", "--config", str(config), "--out", str(tmp_path / "run"),
+                          "--submit", "2", timeout=90)  # fmt: skip
+    assert time.monotonic() - started < 60
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: work pool 'gpu' has no worker online, so its runs would wait for one forever; start one with "
+        "`prefect worker start --pool gpu --limit 1` and submit again (nothing was submitted)"
+    )
+    waiting = {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}}}
+    assert [run["name"] for run in deployed.api("POST", "/flow_runs/filter", waiting)] == []
+
+
 def test_a_deployed_run_completes_on_a_run_once_worker(deployed: Server, tmp_path: Path) -> None:
     config = _config(tmp_path / "tiny.yaml", count=4, shard_size=2)
     out = tmp_path / "run"
@@ -200,6 +216,32 @@ def test_two_workers_share_a_run_submitted_in_shard_ranges(deployed: Server, tmp
     assert result.stdout.count(": COMPLETED") == 2
     assert sorted(read_manifest(out).column(Col.SEED).to_pylist()) == list(range(4))
     assert (out / "dataset_card.md").is_file()
+
+
+def test_interrupting_a_submission_cancels_its_child_runs(deployed: Server, tmp_path: Path) -> None:
+    deployed.start(str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--limit", "1", "--name", "worker-c",
+                   log=tmp_path / "worker-c.log")  # fmt: skip
+    config = _config(tmp_path / "many.yaml", count=64, shard_size=4)
+    out = tmp_path / "run"
+    command = [str(BIN / "exprlock"), "generate", "--config", str(config), "--out", str(out), "--submit", "2"]
+    process = subprocess.Popen(command, cwd=REPO, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deployment = deployed.api("GET", "/deployments/name/generate/shards")["id"]
+
+    def children() -> list[dict]:
+        runs = deployed.api("POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment]}}})
+        return [run for run in runs if run["parameters"].get("out") == str(out)]
+
+    deadline = time.monotonic() + 120
+    while len(children()) < 2 and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    deadline = time.monotonic() + 90
+    while {run["state"]["type"] for run in children()} - {"CANCELLED"} and time.monotonic() < deadline:
+        time.sleep(1)
+    assert sorted(run["state"]["type"] for run in children()) == ["CANCELLED", "CANCELLED"]
 
 
 def test_a_dask_run_equals_the_single_process_run(server: Server, tmp_path: Path) -> None:
