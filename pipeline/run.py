@@ -169,10 +169,11 @@ def make_edit(
             images = generator.synthesize(edited)
         return MadeEdit(edited, images, scorer.score(images), {})
     threshold = editing.threshold(spec.attribute)
-    column = ATTRIBUTE_NAMES.index(editing.score_name(spec.attribute))
+    score = editing.score_name(spec.attribute)
+    column = ATTRIBUTE_NAMES.index(score)
 
     def measure(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        probs, attributes = scorer.describe(images)
+        probs, attributes = scorer.describe(images, attributes=[score])  # the Adience nets only for gender and age
         return js_divergence(source_scores.emotion_probs, probs), attribute_reached(signs, attributes[:, column], threshold)
 
     locked = lock_edit(lambda scale: editing.apply(spec, latents, signs * scale), generator.synthesize, measure, lock)

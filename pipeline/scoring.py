@@ -9,7 +9,7 @@ emotion flip, Jensen-Shannon divergence, identity cosine and landmark NME.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -36,6 +36,7 @@ EmotionBackend = Literal["native", "deepface"]
 IdentityBackend = Literal["native", "insightface"]
 DEEPFACE_LICENCE = "deepface facial expression model (serengil/deepface, MIT); trained on FER2013"
 ATTRIBUTE_NAMES = tuple(name for name, _ in ATTRIBUTE_FIELDS)
+ADIENCE_NETS = {"p_female": "gender", "age": "age"}  # the attributes only the Adience nets give, by net
 # FaceMesh points for SFace's five-point template, in its order: eye on the image's left (the
 # subject's right), eye on the image's right, nose tip, mouth corner on the image's left, right.
 _NOSE_TIP, _MOUTH_IMAGE_LEFT, _MOUTH_IMAGE_RIGHT = 1, 61, 291
@@ -207,13 +208,17 @@ class FaceScorer:
         return np.asarray(self.identity.embed(to_uint8(crops)), dtype=np.float32)
 
     @torch.no_grad()
-    def describe(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def describe(self, images: torch.Tensor, attributes: Collection[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ensemble's emotion probabilities `(N, 7)` and attributes `(N, A)` only: what
-        direction discovery needs, without the identity and detection models."""
+        direction discovery and the per-edit lock need, without the identity and detection
+        models. With `attributes`, an Adience net runs only when one of them needs it (the
+        columns nobody asked for may be NaN); the columns asked for are the same as without."""
         images = images.to(self.device, torch.float32)
         landmarks, _ = self.landmarker(images)
-        model_probs, attributes = self._describe(images, to_uint8(images).numpy(), landmarks)
-        return ensemble_probs(model_probs), attributes
+        pixels = to_uint8(images).numpy()
+        nets = set(ADIENCE_NETS.values()) if attributes is None else {ADIENCE_NETS[a] for a in attributes if a in ADIENCE_NETS}
+        model_probs = self._emotion_model_probs(images, landmarks)
+        return ensemble_probs(model_probs), self._attributes(pixels, landmarks.cpu().numpy(), nets=nets)
 
     @torch.no_grad()
     def expressions(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -230,11 +235,13 @@ class FaceScorer:
     def _emotion_model_probs(self, images: torch.Tensor, landmarks: torch.Tensor) -> np.ndarray:
         return emotion_model_probs(self.emotion, self.expression, images, landmarks).cpu().numpy().astype(np.float32)
 
-    def _attributes(self, pixels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    def _attributes(
+        self, pixels: np.ndarray, landmarks: np.ndarray, *, nets: Collection[str] = tuple(ADIENCE_NETS.values())
+    ) -> np.ndarray:
         count = len(pixels)
         columns = dict.fromkeys(ATTRIBUTE_NAMES, np.full(count, np.nan, dtype=np.float32))
-        if self.adience is not None:
-            gender_age = self.adience.predict(pixels)
+        if self.adience is not None and nets:
+            gender_age = self.adience.predict(pixels, nets=nets)
             columns["p_female"] = gender_age.p_female
             columns["age"] = gender_age.expected_age
         pose = head_pose(landmarks)

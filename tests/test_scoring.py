@@ -82,6 +82,22 @@ def test_scores_do_not_depend_on_the_batch(scorer: FaceScorer, faces: torch.Tens
     np.testing.assert_allclose(parts.attributes, whole.attributes, atol=1e-3)
 
 
+def test_describing_some_attributes_gives_the_same_columns_and_runs_only_the_nets_they_need(
+    scorer: FaceScorer, faces: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probs, full = scorer.describe(faces)
+    for wanted, nets in ((["p_female"], {"gender"}), (["age"], {"age"}), (["hair_lightness"], None), (["yaw"], None)):
+        calls: list[set[str]] = []
+        predict = scorer.adience.predict
+        monkeypatch.setattr(scorer.adience, "predict", lambda pixels, nets, **k: calls.append(set(nets)) or predict(pixels, nets=nets, **k))
+        some_probs, some = scorer.describe(faces, attributes=wanted)
+        monkeypatch.undo()
+        column = ATTRIBUTE_NAMES.index(wanted[0])
+        np.testing.assert_array_equal(some[:, column], full[:, column])
+        np.testing.assert_array_equal(some_probs, probs)
+        assert calls == ([nets] if nets else [])
+
+
 def test_different_faces_differ(scorer: FaceScorer, faces: torch.Tensor) -> None:
     scores = scorer.score(faces)
     others = FaceScores(**{name: np.roll(getattr(scores, name), 1, axis=0) for name in FaceScores.__dataclass_fields__})

@@ -21,6 +21,7 @@ Landmarks follow `pipeline.models.facemesh`: image pixels, pixel (i, j) covering
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import cv2
@@ -138,14 +139,24 @@ class AdienceGenderAge:
         self._age = _read_caffe("adience-age")
 
     def predict(
-        self, images: np.ndarray | torch.Tensor, boxes: np.ndarray | None = None, *, margin: float = 0.0
+        self,
+        images: np.ndarray | torch.Tensor,
+        boxes: np.ndarray | None = None,
+        *,
+        margin: float = 0.0,
+        nets: Collection[str] = ("gender", "age"),
     ) -> GenderAge:
-        """Gender and age probabilities of uint8 RGB images `(N, H, W, 3)`; see `square_face_crops`."""
+        """Gender and age probabilities of uint8 RGB images `(N, H, W, 3)`; see `square_face_crops`.
+        A net left out of `nets` is not run and its probabilities are NaN."""
         crops = square_face_crops(images, boxes, margin=margin)
-        if len(crops) == 0:
-            return GenderAge(np.zeros((0, len(GENDER_LABELS)), np.float32), np.zeros((0, len(AGE_BUCKETS)), np.float32))
-        blob = adience_blob(crops)
-        return GenderAge(gender_probs=_forward(self._gender, blob), age_probs=_forward(self._age, blob))
+        blob = adience_blob(crops) if len(crops) else None
+
+        def run(net: cv2.dnn.Net, name: str, classes: int) -> np.ndarray:
+            if blob is None or name not in nets:
+                return np.full((len(crops), classes), np.nan, np.float32)
+            return _forward(net, blob)
+
+        return GenderAge(gender_probs=run(self._gender, "gender", len(GENDER_LABELS)), age_probs=run(self._age, "age", len(AGE_BUCKETS)))
 
 
 def _read_caffe(prefix: str) -> cv2.dnn.Net:
