@@ -13,7 +13,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's temporary server may take longer than its default 20 s to start on a busy small machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+import contextvars
+import ctypes
 import functools
 import json
 import logging
@@ -22,7 +26,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import click
 import typer
@@ -39,6 +43,7 @@ console = Console()
 errors = Console(stderr=True)
 
 DEBUG_VARIABLE = "EXPRLOCK_DEBUG"
+T = TypeVar("T")
 _options = {"verbose": False}
 
 
@@ -78,6 +83,38 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _interruptible(work: Callable[[], T], *, grace: float = 10.0) -> T:
+    """`work()` in a worker thread while the main thread only waits, so SIGTERM and SIGINT land
+    in this small loop (Prefect installs no SIGTERM handler of its own off the main thread, and
+    an interrupt cannot be lost inside a garbage-collection callback of the work). An interrupt
+    is passed on to the worker; if it has not unwound within `grace` seconds, the claims it
+    holds are released here (the caller then stops the temporary Prefect server and exits)."""
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()  # the caller's Prefect settings and run contexts
+
+    def run() -> None:
+        try:
+            outcome["value"] = context.run(work)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="exprlock-work", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(KeyboardInterrupt))
+        worker.join(grace)
+        from pipeline.shard_claim import release_held_claims
+
+        release_held_claims()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """One line per error and an exit status that says whose fault it is; see the module docstring."""
 
@@ -92,7 +129,7 @@ def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt as interrupt:
             name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
             errors.print(f"stopped by {name}: finished work is kept; run the same command to resume", highlight=False)
-            raise typer.Exit(143 if name == "SIGTERM" else 130) from None
+            _exit_now(143 if name == "SIGTERM" else 130)
         except Exception as error:
             if _debug():
                 raise
@@ -103,6 +140,19 @@ def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _exit_now(status: int) -> None:
+    """Stop the temporary Prefect server and leave at once: an interrupted process must not wait
+    for work that did not unwind, nor for Prefect's exit hooks to flush logs to a stopped server."""
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+            server.stop()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _one_line(error: Exception) -> str:
@@ -302,7 +352,8 @@ def _submit(
     def work() -> dict[str, Any]:
         return generate_fanout(str(config), str(run_dir), parts=parts, device=device, wait=wait)
 
-    summary = _with_progress(work, resolved, run_dir, selected) if wait else work()
+    # In the main thread: waiting on the children blocks in C, where only a signal reaches it.
+    summary = _with_progress(work, resolved, run_dir, selected, in_worker=False) if wait else work()
     for child in summary["flow_runs"]:
         state = child.get("state", "submitted")
         console.print(f"shards {child['shards']:<12} flow run {child['name']} ({child['id']}): {state}",
@@ -333,7 +384,7 @@ def discover(
     from pipeline.config import load_config
 
     resolved = load_config(config)
-    report = discover_flow(str(config))
+    report = _interruptible(lambda: discover_flow(str(config)))
     table = Table("direction", "hold-out accuracy", "fitted on")
     for name, record in report["directions"].items():
         table.add_row(name, f"{record['holdout_accuracy']:.3f}", str(record["fitted_on"]))
@@ -357,7 +408,7 @@ def train_editor(
     """
     from flows.train_editor import train_editor_flow
 
-    for path in train_editor_flow(str(config)):
+    for path in _interruptible(lambda: train_editor_flow(str(config))):
         console.print(f"ok  {path}", highlight=False)
 
 
@@ -551,9 +602,12 @@ def setup_server(
         console.print(f"deployments:  applied {report['deployments']}", highlight=False)
 
 
-def _with_progress(work: Callable[[], dict[str, Any]], config: RunConfig, run_dir: Path, shards: list[int]) -> dict[str, Any]:
-    """Run `work` while progress bars count the faces and edits of `shards` written so far, with
-    the time left at the rate seen (`pipeline.progress` counts them from the files on disk)."""
+def _with_progress(
+    work: Callable[[], dict[str, Any]], config: RunConfig, run_dir: Path, shards: list[int], *, in_worker: bool = True
+) -> dict[str, Any]:
+    """Run `work` (in a worker thread: `_interruptible`) while progress bars count the faces and
+    edits of `shards` written so far, with the time left at the rate seen (`pipeline.progress`
+    counts them from the files on disk)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     from pipeline.progress import RunProgress
@@ -580,7 +634,7 @@ def _with_progress(work: Callable[[], dict[str, Any]], config: RunConfig, run_di
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
-            return work()
+            return _interruptible(work) if in_worker else work()
         finally:
             done.set()
             watcher.join()

@@ -146,6 +146,8 @@ class Claim:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat,), daemon=True, name=f"claim {path.name}")
         self._thread.start()
+        with _HELD_LOCK:
+            _HELD.add(self)
 
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -157,40 +159,72 @@ class Claim:
                 return
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the claim file if it is still ours."""
+        """Stop the heartbeat and remove the claim file if it is still ours (idempotent)."""
         self._stop.set()
         self._thread.join()
         if _read_owner(self.path) == self.owner:
             self.path.unlink(missing_ok=True)
+        with _HELD_LOCK:
+            _HELD.discard(self)
+
+
+# Every claim this process holds or is creating, so that a process being stopped can release
+# them even when the thread that made them is interrupted at an arbitrary point.
+_HELD: set[Claim] = set()
+_CREATING: dict[Path, bytes] = {}  # claim file -> the payload this process writes into it
+_HELD_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def release_held_claims() -> None:
+    """Release every claim this process holds or is creating, and take no new ones: for a
+    process stopping while its work may not unwind (a thread interrupted at any point)."""
+    _STOPPING.set()
+    with _HELD_LOCK:
+        held, creating = list(_HELD), dict(_CREATING)
+    for claim in held:
+        claim.release()
+    for path, payload in creating.items():
+        if _read_bytes(path) == payload:  # ours, written but not yet held
+            path.unlink(missing_ok=True)
 
 
 def try_claim(
     target: Path, *, stale_after: float | None = None, heartbeat: float = DEFAULT_HEARTBEAT
 ) -> Claim | ClaimOwner | None:
-    """Claim `target`: a `Claim` when won, else the live owner (None when it cannot be read)."""
+    """Claim `target`: a `Claim` when won, else the live owner (None when it cannot be read, or
+    when this process is stopping)."""
     stale_after = stale_after_setting() if stale_after is None else stale_after
     path = claim_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = ClaimOwner(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex, started=time.time())
     payload = json.dumps({"host": me.host, "pid": me.pid, "token": me.token, "started": me.started}).encode()
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            observed = _read_bytes(path)
-            if observed is None:
-                continue  # released between our attempt and the read: try again
-            if not _is_stale(path, observed, stale_after):
-                return _parse_owner(observed)
-            _break_stale(path, observed)
-            continue
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return Claim(path, me, heartbeat)
-    return _read_owner(path)
+    with _HELD_LOCK:
+        if _STOPPING.is_set():
+            return None
+        _CREATING[path] = payload
+    try:
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                observed = _read_bytes(path)
+                if observed is None:
+                    continue  # released between our attempt and the read: try again
+                if not _is_stale(path, observed, stale_after):
+                    return _parse_owner(observed)
+                _break_stale(path, observed)
+                continue
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return Claim(path, me, heartbeat)
+        return _read_owner(path)
+    finally:
+        with _HELD_LOCK:
+            _CREATING.pop(path, None)
 
 
 @contextmanager
