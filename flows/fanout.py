@@ -24,7 +24,7 @@ from prefect.states import Cancelled, Cancelling
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from pipeline.config import load_config, with_device
-from pipeline.errors import ConfigError, ExprlockError
+from pipeline.errors import ConfigError, ExprlockError, RunError
 from pipeline.layout import default_run_dir, prepare_run, shard_count
 from pipeline.shard_claim import split_shards
 
@@ -82,7 +82,7 @@ def generate_fanout(
     failed = [c for c in children if wait and c["state"] != "COMPLETED"]
     if failed:
         names = ", ".join(f"{c['name']} (shards {c['shards']}): {c['state']}" for c in failed)
-        raise ExprlockError(f"{len(failed)} of {len(children)} shard runs did not complete: {names}; see their logs")
+        raise RunError(f"{len(failed)} of {len(children)} shard runs did not complete: {names}; see their logs")
     return summary
 
 

@@ -40,6 +40,12 @@ class ImageError(ExprlockError):
     """An input image has the wrong shape, dtype or value range."""
 
 
+class RunError(ExprlockError):
+    """Work failed while running (a flow run it waited for did not complete): not bad input."""
+
+    exit_code = 1
+
+
 # What the user can do about the operating-system errors a run meets while it writes.
 _OS_REMEDIES = {
     errno.ENOSPC: "no space left on the device; free space there or choose another --out",

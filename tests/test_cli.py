@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipeline.config import load_config
-from pipeline.errors import ConfigError, os_error_line
+from pipeline.errors import ConfigError, RunError, os_error_line
 from pipeline.layout import CONFIG_FILE, shard_count, shard_path
 from pipeline.models.assets import get_asset
 from pipeline.progress import RunProgress
@@ -356,3 +356,15 @@ def test_the_demo_config_works_from_any_directory_without_exprlock_home(tmp_path
     record = json.loads(result.stdout)
     assert record["config"]["base_dir"] == str(REPO / "configs") and record["config"]["edits"]["directory"] == "../models/demo"
     assert not out.exists()
+
+
+def test_a_run_that_fails_while_working_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.generate
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RunError("1 of 2 shard runs did not complete: shards 0-1: FAILED; see their logs")
+
+    monkeypatch.setattr(flows.generate, "generate", fails)
+    result = runner.invoke(app, ["generate", "--config", str(write_config(tmp_path, QUICK)), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: 1 of 2 shard runs did not complete: shards 0-1: FAILED; see their logs"
