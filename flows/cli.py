@@ -255,9 +255,9 @@ def generate(
       exprlock generate --config configs/demo.yaml --submit 2   # two flow runs on the gpu pool
     """
     from pipeline.config import load_config, with_device
-    from pipeline.layout import default_run_dir, finished_summary, shard_count
+    from pipeline.layout import default_run_dir, finished_summary, shard_count, shard_path
     from pipeline.preflight import check_generate, check_run_dir
-    from pipeline.shard_claim import parse_shard_spec, split_shards
+    from pipeline.shard_claim import parse_shard_spec, split_shards, wait_while_held
 
     resolved = with_device(load_config(config), device)
     run_dir = out or default_run_dir(resolved)
@@ -292,24 +292,13 @@ def generate(
         while summary["busy"] and wait:
             held = [item["shard"] for item in summary["busy"]]
             errors.print(f"waiting for {len(held)} shards other workers hold", highlight=False)
-            _wait_for_claims(run_dir, held)
+            wait_while_held([shard_path(run_dir, i) for i in held])
             summary = _with_progress(lambda: render(",".join(map(str, held))), resolved, run_dir, held)
     _print_summary(summary, len(selected))
     if summary["busy"]:
         for item in summary["busy"]:
             errors.print(f"shard {item['shard']} is held by {item['note']}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-
-
-def _wait_for_claims(run_dir: Path, shards: list[int], poll: float = 2.0) -> None:
-    """Until every one of `shards` is committed or no longer claimed (its owner finished or died)."""
-    import time
-
-    from pipeline.layout import shard_path
-    from pipeline.shard_claim import is_held
-
-    while any(is_held(shard_path(run_dir, i)) and not shard_path(run_dir, i).exists() for i in shards):
-        time.sleep(poll)
 
 
 def _print_summary(summary: dict[str, Any], selected: int) -> None:
@@ -549,7 +538,6 @@ def verify(
     if repair and report.problems:
         made = repair_run(run_dir, report)
         console.print(f"made again: {', '.join(f'shard {i}' for i in made) or 'nothing'}", highlight=False)
-        _rewrite_derived(run_dir)
         report = verify_run(run_dir)
         for problem in report.problems:
             console.print(str(problem), highlight=False, soft_wrap=True)
@@ -557,18 +545,6 @@ def verify(
                   highlight=False, soft_wrap=True)
     if report.problems:
         raise typer.Exit(1)
-
-
-def _rewrite_derived(run_dir: Path) -> None:
-    """The contact sheet and card again, once every shard is there (they show the shards' images)."""
-    from pipeline.card import write_card
-    from pipeline.integrity import run_config
-    from pipeline.layout import shard_count, shard_path
-    from pipeline.run import write_contact_sheet
-
-    if all(shard_path(run_dir, i).exists() for i in range(shard_count(run_config(run_dir)))):
-        write_contact_sheet(run_dir)
-        write_card(run_dir)
 
 
 @app.command("setup")

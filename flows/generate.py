@@ -34,7 +34,7 @@ from pipeline.card import write_card
 from pipeline.config import load_config, parse_config, with_device
 from pipeline.errors import ConfigError, is_deterministic
 from pipeline.manifest import MANIFEST_DIR, shard_files
-from pipeline.layout import default_run_dir, prepare_run, shard_count, shard_path
+from pipeline.layout import default_run_dir, prepare_run, run_complete, shard_count
 from pipeline.run import write_contact_sheet
 from pipeline.shard_claim import ShardStatus, generate_shard_once, parse_shard_spec
 from pipeline.summary import RunManifest, markdown_summary
@@ -120,7 +120,7 @@ def generate(
         for index in indices:
             results.append(shard_task(payload, str(run_dir), index))
             progress.advance()
-    complete = all(shard_path(run_dir, index).exists() for index in range(total))
+    complete = run_complete(config, run_dir)
     statuses = [r["status"] for r in results]
     notes = {status: [{"shard": r["shard"], "note": r["note"]} for r in results if r["status"] == status]
              for status in (ShardStatus.REMADE, ShardStatus.BUSY)}

@@ -26,7 +26,7 @@ from data_schemas import Col
 from pipeline.config import RunConfig, parse_config
 from pipeline.editing.plan import plan_edits
 from pipeline.errors import ManifestError
-from pipeline.layout import CONFIG_FILE, shard_count, shard_images, shard_path, shard_seeds
+from pipeline.layout import CONFIG_FILE, run_complete, shard_count, shard_images, shard_path, shard_seeds
 from pipeline.ledger import ShardRecord, file_mismatch, record_mismatch, record_shard, shard_record, table_images
 from pipeline.manifest import shard_files, validate_schema
 from pipeline.models.assets import file_sha256
@@ -181,7 +181,7 @@ def _short(values: list[int]) -> str:
 def quarantine_shard(run_dir: Path, index: int, *, stamp: str | None = None) -> Path:
     """Move a shard's Parquet file and its image folder under `RUN/quarantine/<stamp>/`."""
     run_dir = Path(run_dir)
-    stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = stamp or _stamp()
     destination = run_dir / QUARANTINE_DIR / stamp
     for source in (shard_path(run_dir, index), run_dir / shard_images(index)):
         if source.exists():
@@ -192,15 +192,25 @@ def quarantine_shard(run_dir: Path, index: int, *, stamp: str | None = None) -> 
 
 
 def repair_run(run_dir: Path, report: Verification) -> list[int]:
-    """Quarantine every damaged shard and render it again (under its claim); the shards made."""
+    """Quarantine every damaged shard and render it again (under its claim), then, once every
+    shard is there, the contact sheet and card (they show the shards' images); the shards made."""
+    from pipeline.card import write_card
+    from pipeline.run import write_contact_sheet
     from pipeline.shard_claim import ShardStatus, generate_shard_once  # renders: imports torch
 
     run_dir = Path(run_dir)
     config = run_config(run_dir)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = _stamp()
     made = []
     for index in report.damaged:
         quarantine_shard(run_dir, index, stamp=stamp)
         if generate_shard_once(config, run_dir, index).status == ShardStatus.WRITTEN:
             made.append(index)
+    if run_complete(config, run_dir):
+        write_contact_sheet(run_dir)
+        write_card(run_dir)
     return made
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")

@@ -55,6 +55,11 @@ def prepare_run(config: RunConfig, run_dir: Path) -> Path:
     return run_dir
 
 
+def run_complete(config: RunConfig, run_dir: Path) -> bool:
+    """Whether every shard of the run is committed."""
+    return all(shard_path(run_dir, index).exists() for index in range(shard_count(config)))
+
+
 def other_run_error(run_dir: Path, previous: str | None, run_id: str) -> ConfigError:
     return ConfigError(
         f"{run_dir}: holds run {previous}, but this config is run {run_id}; "
@@ -90,7 +95,7 @@ def finished_summary(config: RunConfig, run_dir: Path, shards: list[int]) -> dic
         record = shard_record(run_dir, index)
         if record is None or record_mismatch(run_dir, record) is not None:
             return None
-    complete = all(shard_path(run_dir, index).exists() for index in range(shard_count(config)))
+    complete = run_complete(config, run_dir)
     sheet, card = run_dir / CONTACT_SHEET, run_dir / CARD_FILE
     if complete and not (sheet.is_file() and card.is_file()):
         return None

@@ -247,6 +247,12 @@ def is_held(target: Path) -> bool:
     return observed is not None and not _is_stale(path, observed, stale_after_setting())
 
 
+def wait_while_held(targets: list[Path], poll: float = 2.0) -> None:
+    """Until every target exists or no live owner holds its claim (its owner finished or died)."""
+    while any(is_held(target) and not target.exists() for target in targets):
+        time.sleep(poll)
+
+
 def _is_stale(path: Path, observed: bytes, stale_after: float) -> bool:
     try:
         age = time.time() - path.stat().st_mtime
