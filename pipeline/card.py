@@ -214,7 +214,7 @@ def _limitations_section(summary: dict[str, Any], models: list[dict[str, Any]], 
         "resolution of the generator's training data, and is not a photograph of a person.",
         "Labels and scores come from pretrained models, not from human annotators, and share those "
         "models' errors and biases.",
-        "Split by source seed (as `pipeline.dataset` does): rows of one seed show the same face, so "
+        "Split by source seed (as `pipeline.splits` does): rows of one seed show the same face, so "
         "splitting rows at random leaks faces across train and test.",
     ]
     if profile == "demo":

@@ -4,21 +4,15 @@ Filters become one pyarrow dataset expression, so Parquet row-group statistics s
 not match and only the needed columns are read (never the latents). A filter on a column the
 manifest does not have (a run not scored yet) is refused by name rather than ignored.
 
-Splits are made per source seed, not per row: all rows of one seed (the source face and its
-edits) show the same person, and a random row split would put that person in both train and
-test. A seed's split follows from a fixed hash of the seed alone (SplitMix64's finaliser, Steele
-et al. 2014, salted), so it does not depend on row order, shard size or which other seeds a run
-holds; the same seed of the same generator lands in the same split in every run.
+Splits are made per source seed, not per row (`pipeline.splits`), so no face is in two splits.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import torch
@@ -28,45 +22,12 @@ from data_schemas import EMOTION_LABELS, Col
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.images import read_png
 from pipeline.manifest import open_manifest
-
-Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
-DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
-DEFAULT_SALT = "exprlock"
+from pipeline.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, SPLITS, Split, assign_splits
 
 _IMAGE_COLUMNS = {"source": Col.IMAGE_SOURCE, "edit": Col.IMAGE_EDIT}
 _LABEL_CANDIDATES = (Col.ATTRIBUTE, Col.STRENGTH, Col.EMOTION_SOURCE, Col.EMOTION_EDIT, Col.EMOTION_FLIPPED, Col.IDENTITY_COSINE)
 # Emotion labels are given to training code as class indices in EMOTION_LABELS order.
 _EMOTION_COLUMNS = (Col.EMOTION_SOURCE, Col.EMOTION_EDIT)
-
-
-def seed_unit(seeds: Sequence[int] | np.ndarray, *, salt: str = DEFAULT_SALT) -> np.ndarray:
-    """A uniform number in [0, 1) per seed, fixed by the seed and the salt alone.
-
-    >>> seed_unit([0, 1, 2]).round(4).tolist() == seed_unit([2, 1, 0])[::-1].round(4).tolist()
-    True
-    """
-    key = np.uint64(int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "little"))
-    x = np.asarray(seeds, dtype=np.int64).astype(np.uint64) ^ key
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def assign_splits(
-    seeds: Sequence[int] | np.ndarray,
-    *,
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-    salt: str = DEFAULT_SALT,
-) -> np.ndarray:
-    """'train', 'val' or 'test' per seed, in the proportions `fractions` (train, val, test)."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise ConfigError(f"fractions: expected three non-negative numbers (train, val, test) summing to 1, got {fractions}")
-    edges = np.cumsum(fractions)[:2]
-    return np.asarray(SPLITS)[np.searchsorted(edges, seed_unit(seeds, salt=salt), side="right")]
 
 
 def build_filter(

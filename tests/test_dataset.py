@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from data_schemas import COLUMNS, EMOTION_LABELS, Col
-from pipeline.dataset import SPLITS, ManifestDataset, assign_splits, hf_label_filters, seed_unit
+from pipeline.dataset import ManifestDataset, hf_label_filters
+from pipeline.splits import SPLITS, assign_splits, seed_unit
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.images import read_png
 
