@@ -4,7 +4,10 @@ Version 1.0 holds the source columns. Version 1.1 adds, all nullable, the edit (
 strength, editor, lambda, edited latent and image) and the scores of both faces: emotion
 probabilities and label, flip flag, Jensen-Shannon divergence, identity cosine, landmark NME,
 attribute scores, face detection, and the provenance of every model that produced a score. A
-run without edits writes one row per source with the edit columns null.
+run without edits writes one row per source with the edit columns null. Versions 1.2 to 1.4 add
+nullable columns (see the comments at their fields); 1.4 adds `split`, the seed's split. Shards of
+1.3 and earlier have no `split`: readers that need it compute it from the seed with
+`pipeline.splits.assign_splits`, as the writer does.
 
 Every field carries a description (and unit where one applies) in its metadata; the schema
 metadata carries the schema version and a creator record. Column names are the constants of
@@ -19,7 +22,7 @@ import json
 
 import pyarrow as pa
 
-CURRENT_VERSION = "1.3"
+CURRENT_VERSION = "1.4"
 SCHEMA_METADATA_KEY = b"exprlock"
 
 
@@ -79,6 +82,7 @@ class Col:
     LOCK_CHOSEN = "lock_chosen"
     LOCK_STRENGTH = "lock_strength"
     EXPRESSION_LOCKED = "expression_locked"
+    SPLIT = "split"
 
 
 EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -206,7 +210,17 @@ _FIELDS_V1_3 = _FIELDS_V1_2 + (
     _field(Col.EXPRESSION_LOCKED, pa.bool_(), "With the lock: the kept edit's emotion JS is within edits.lock.max_change", nullable=True),
 )
 
-_SCHEMAS = {"1.0": _FIELDS_V1, "1.1": _FIELDS_V1_1, "1.2": _FIELDS_V1_2, "1.3": _FIELDS_V1_3}
+# 1.4: the seed's split, so every engine reading the Parquet sees the same split.
+_FIELDS_V1_4 = _FIELDS_V1_3 + (
+    _field(
+        Col.SPLIT,
+        pa.string(),
+        "train, validation or test: the split of the row's seed (pipeline.splits, default fractions and salt)",
+        nullable=True,
+    ),
+)
+
+_SCHEMAS = {"1.0": _FIELDS_V1, "1.1": _FIELDS_V1_1, "1.2": _FIELDS_V1_2, "1.3": _FIELDS_V1_3, "1.4": _FIELDS_V1_4}
 COLUMNS = tuple(field.name for field in _SCHEMAS[CURRENT_VERSION])
 
 

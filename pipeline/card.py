@@ -1,6 +1,9 @@
-"""The dataset card: a Markdown file beside each run's manifest that says what the data is.
+"""The dataset card: the run's README, which says what the data is and how Hugging Face loads it.
 
-It follows the spirit of "Datasheets for Datasets" (Gebru et al., 2021) and Hugging Face dataset
+Its YAML front matter is Hugging Face's dataset-card metadata (licence, task, size, and the
+`configs:` that make `datasets.load_dataset(RUN_DIR)` return the rows with images, class labels
+and splits; see `pipeline.huggingface`), written with `huggingface_hub`'s own card classes. The
+body follows the spirit of "Datasheets for Datasets" (Gebru et al., 2021) and Hugging Face dataset
 cards, in the few sections a user of a generated face dataset needs before training on it: the
 config that made it, every model with its file hash and licence (looked up in the asset
 registry by digest, so a user-supplied file is never mistaken for a registered one), counts,
@@ -19,13 +22,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
 
 import pipeline
 from data_schemas import Col
+from pipeline.huggingface import LEFT_OUT, VIEW_FILES, configs, licence_fields, size_category, write_views
 from pipeline.images import write_atomic
+from pipeline.splits import Split
 from pipeline.summary import CATEGORIES, NOT_SCORED, RunManifest, summarize, write_plots
 from pipeline.models.assets import REGISTRY, Asset
 from pipeline.layout import CARD_FILE, CONFIG_FILE, CONTACT_SHEET
+
+# Where cards were written before the card became the run's README; replaced when rewritten.
+_OLD_CARD_FILE = "dataset_card.md"
 
 _RESTRICTIVE = ("non-commercial", "research use", "research only")
 # Image columns carry a digest too, but of a PNG, not of a model.
@@ -33,18 +42,23 @@ _NOT_MODELS = {Col.IMAGE_SOURCE, Col.IMAGE_EDIT}
 
 
 def write_card(run_dir: Path) -> Path:
-    """Write (or rewrite) `dataset_card.md` in `run_dir`, with the plots it shows."""
+    """Write (or rewrite) the run's README card, its split views and the plots it shows.
+
+    The views are written first and the README last, so a README always names views that exist.
+    """
     run_dir = Path(run_dir)
     manifest = RunManifest.read(run_dir)
     summary = summarize(manifest)
     plots = write_plots(manifest)
     models = model_provenance(manifest)
     record = _config_record(run_dir)
+    names = [n for n in manifest.dataset.schema.names if n not in LEFT_OUT]
+    split_rows = write_views(run_dir, manifest.dataset.to_table(columns=names))
     sections = [
         _header(summary, record),
         _config_section(record),
         _models_section(models),
-        _counts_section(summary),
+        _counts_section(summary, split_rows),
         _expressions_section(summary, record),
         _lock_section(summary, record),
         _metrics_section(summary),
@@ -52,9 +66,27 @@ def write_card(run_dir: Path) -> Path:
         _limitations_section(summary, models, record),
         _loading_section(),
     ]
+    card = DatasetCard(f"---\n{card_data(summary, models, split_rows).to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
     path = run_dir / CARD_FILE
-    write_atomic(("\n\n".join(sections) + "\n").encode(), path)
+    write_atomic(str(card).encode(), path)
+    (run_dir / _OLD_CARD_FILE).unlink(missing_ok=True)
     return path
+
+
+def card_data(summary: dict[str, Any], models: list[dict[str, Any]], split_rows: dict[Split, int]) -> DatasetCardData:
+    """The card's Hugging Face metadata."""
+    tags = ["synthetic", "faces", "facial-expression-recognition", "exprlock"]
+    if summary[Col.ATTRIBUTE] != NOT_SCORED:
+        tags.append("face-editing")
+    return DatasetCardData(
+        **licence_fields(models),
+        pretty_name=f"exprlock {summary['run_id']}",
+        task_categories=["image-classification"],
+        annotations_creators=["machine-generated"],
+        size_categories=[size_category(summary["rows"])],
+        tags=tags,
+        configs=configs(split_rows),
+    )
 
 
 def model_provenance(manifest: RunManifest) -> list[dict[str, Any]]:
@@ -122,8 +154,10 @@ def _models_section(models: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def _counts_section(summary: dict[str, Any]) -> str:
+def _counts_section(summary: dict[str, Any], split_rows: dict[Split, int]) -> str:
     lines = ["## Counts", ""]
+    shown = ", ".join(f"{split}: {rows}" for split, rows in split_rows.items())
+    lines.append(f"- **split** (by source seed, the manifest's `split` column): {shown}")
     for name in CATEGORIES:
         value = summary[name]
         shown = NOT_SCORED if value == NOT_SCORED else ", ".join(f"{k}: {v}" for k, v in value.items())
@@ -254,9 +288,14 @@ def _limitations_section(summary: dict[str, Any], models: list[dict[str, Any]], 
 
 
 def _loading_section() -> str:
+    views = ", ".join(f"`{name}`" for name in VIEW_FILES.values())
     return (
-        "## Loading\n\n```python\nimport pandas as pd\nframe = pd.read_parquet(\"manifest\")  # from this directory\n\n"
-        "from pipeline.dataset import ManifestDataset\ntrain = ManifestDataset(\".\", split=\"train\")\n```"
+        "## Loading\n\nFrom this directory, offline (`HF_DATASETS_OFFLINE=1`):\n\n```python\n"
+        "from datasets import load_dataset\ndata = load_dataset(\".\")  # train, validation, test; images decoded\n\n"
+        "import pandas as pd\nframe = pd.read_parquet(\"manifest\")  # every column, latents included\n\n"
+        "from pipeline.dataset import ManifestDataset\ntrain = ManifestDataset(\".\", split=\"train\")\n```\n\n"
+        f"The manifest (`manifest/`) is the record; {views} are per-split views of it for Hugging Face "
+        "`datasets` (image paths as `*_file_name`, emotions as class indices, no latents), rewritten with this card."
     )
 
 

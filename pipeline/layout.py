@@ -20,7 +20,7 @@ from pipeline.manifest import MANIFEST_DIR, shard_filename
 
 CONFIG_FILE = "config.json"
 CONTACT_SHEET = "contact_sheet.png"
-CARD_FILE = "dataset_card.md"
+CARD_FILE = "README.md"
 IMAGES_DIR = "images"
 
 

@@ -19,8 +19,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 import pipeline
-from data_schemas import SCHEMA_METADATA_KEY, manifest_schema, schema_for_version
+from data_schemas import SCHEMA_METADATA_KEY, Col, manifest_schema, schema_for_version
 from pipeline.errors import ManifestError, naming
+from pipeline.splits import assign_splits
 
 MANIFEST_DIR = "manifest"
 
@@ -32,7 +33,8 @@ def shard_filename(shard: int) -> str:
 def to_table(rows: Mapping[str, Sequence], *, run_id: str) -> pa.Table:
     """Columns to a table of the current schema; fails naming the column that does not fit.
 
-    Nullable columns left out are written as nulls; required ones must be given.
+    Nullable columns left out are written as nulls, except the split, which follows from the
+    seeds; required ones must be given.
     """
     schema = manifest_schema(run_id=run_id, creator_version=pipeline.__version__)
     count = len(next(iter(rows.values()), []))
@@ -43,6 +45,9 @@ def to_table(rows: Mapping[str, Sequence], *, run_id: str) -> pa.Table:
         raise ManifestError(f"manifest rows: missing columns {missing}, unexpected columns {extra}")
     arrays = []
     for field in schema:
+        if field.name == Col.SPLIT and all(split is None for split in rows[Col.SPLIT]):
+            seeds = arrays[schema.get_field_index(Col.SEED)]  # converted (and checked) before the split
+            rows = {**rows, Col.SPLIT: assign_splits(seeds.to_numpy(zero_copy_only=False)).tolist()}
         try:
             arrays.append(pa.array(rows[field.name], type=field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as error:

@@ -18,8 +18,9 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
-Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
+# Hugging Face's split names, so the manifest's column, the torch Dataset and `load_dataset` agree.
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_SALT = "exprlock"
 
@@ -46,8 +47,8 @@ def assign_splits(
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     salt: str = DEFAULT_SALT,
 ) -> np.ndarray:
-    """'train', 'val' or 'test' per seed, in the proportions `fractions` (train, val, test)."""
+    """'train', 'validation' or 'test' per seed, in the proportions `fractions` (train, validation, test)."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise ConfigError(f"fractions: expected three non-negative numbers (train, val, test) summing to 1, got {fractions}")
+        raise ConfigError(f"fractions: expected three non-negative numbers (train, validation, test) summing to 1, got {fractions}")
     edges = np.cumsum(fractions)[:2]
     return np.asarray(SPLITS)[np.searchsorted(edges, seed_unit(seeds, salt=salt), side="right")]

@@ -39,6 +39,7 @@ def toy_asset(monkeypatch: pytest.MonkeyPatch) -> Asset:
         member="toy_package/data/model.bin",
         sha256=hashlib.sha256(payload).hexdigest(),
         licence="MIT",
+        licence_id="mit",
         description="a test asset",
     )
     monkeypatch.setitem(assets.REGISTRY, "toy", asset)
@@ -179,7 +180,7 @@ def test_npm_tarball_is_fetched_from_the_registry_address(isolated_home: Path, m
         monkeypatch.setenv("NPM_CONFIG_REGISTRY", f"http://127.0.0.1:{server.server_port}/")
         asset = Asset(
             name="toy-npm", package="@toys/toy-net", version="2.0.1", member="package/model/toy.bin",
-            sha256=hashlib.sha256(payload).hexdigest(), licence="MIT", description="a test asset", registry="npm",
+            sha256=hashlib.sha256(payload).hexdigest(), licence="MIT", licence_id="mit", description="a test asset", registry="npm",
         )
         monkeypatch.setitem(assets.REGISTRY, "toy-npm", asset)
         (path,) = assets.fetch(["toy-npm"])

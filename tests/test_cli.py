@@ -297,7 +297,7 @@ def test_a_finished_run_is_summarised_without_a_server(tmp_path: Path, monkeypat
         f"run {load_config(config).run_id}: 0 rows written, 2 of 2 shards already done",
         f"manifest:      {out / 'manifest'}",
         f"contact sheet: {out / 'contact_sheet.png'}",
-        f"dataset card:  {out / 'dataset_card.md'}",
+        f"dataset card:  {out / 'README.md'}",
     ]
     assert snapshot(out) == before
 

@@ -62,7 +62,7 @@ def test_seed_splits_are_fixed_by_the_seed_alone() -> None:
     np.testing.assert_array_equal(assign_splits(seeds[::-1]), splits[::-1])  # order does not matter
     np.testing.assert_array_equal(assign_splits(seeds[5000:]), splits[5000:])  # nor which other seeds exist
     shares = {name: float(np.mean(splits == name)) for name in SPLITS}
-    assert shares == pytest.approx({"train": 0.8, "val": 0.1, "test": 0.1}, abs=0.02)
+    assert shares == pytest.approx({"train": 0.8, "validation": 0.1, "test": 0.1}, abs=0.02)
     assert not np.array_equal(assign_splits(seeds, salt="other"), splits)  # the salt reshuffles
     units = seed_unit(seeds)
     assert units.min() >= 0.0 and units.max() < 1.0

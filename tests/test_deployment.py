@@ -198,7 +198,7 @@ def test_a_deployed_run_completes_on_a_run_once_worker(deployed: Server, tmp_pat
     table = read_manifest(out)
     assert table.column(Col.SEED).to_pylist() == [0, 1, 2, 3]
     assert set(table.column(Col.RUN_ID).to_pylist()) == {load_config(config).run_id}
-    assert (out / "dataset_card.md").is_file() and (out / "contact_sheet.png").is_file()
+    assert (out / "README.md").is_file() and (out / "contact_sheet.png").is_file()
 
 
 def test_two_workers_share_a_run_submitted_in_shard_ranges(deployed: Server, tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ def test_two_workers_share_a_run_submitted_in_shard_ranges(deployed: Server, tmp
     assert "shards 0-1" in result.stdout and "shards 2-3" in result.stdout
     assert result.stdout.count(": COMPLETED") == 2
     assert sorted(read_manifest(out).column(Col.SEED).to_pylist()) == list(range(4))
-    assert (out / "dataset_card.md").is_file()
+    assert (out / "README.md").is_file()
 
 
 def test_interrupting_a_submission_cancels_its_child_runs(deployed: Server, tmp_path: Path) -> None:

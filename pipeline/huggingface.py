@@ -1,0 +1,115 @@
+"""A run folder that Hugging Face `datasets` loads as it is, with images, class labels and splits.
+
+`datasets.load_dataset(RUN_DIR)` reads the `configs:` of the run's README and uses its image-folder
+loader, the one that turns a `<name>_file_name` column into an `Image` feature. That loader
+resolves an image path against the folder of the Parquet file that lists it, refuses paths that
+leave that folder, and splits by file rather than by a column. The manifest cannot be that file:
+its shards sit in `manifest/`, its image paths are relative to the run directory, and every shard
+holds rows of every split. So beside the images the run keeps one Parquet view per split: the
+manifest's rows of that split (the seed splits of `pipeline.splits`), without the latents (the
+manifest keeps them), image columns renamed to the loader's `_file_name` convention, and emotion
+names as class indices whose `ClassLabel` names travel in the Parquet's `huggingface` schema
+metadata, the way `datasets` writes its own files. Views are derived data: rewritten with the
+card whenever the manifest changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_schemas import EMOTION_LABELS, Col
+from pipeline.images import write_atomic
+from pipeline.layout import IMAGES_DIR
+from pipeline.splits import SPLITS, Split, assign_splits
+
+VIEW_FILES: dict[Split, str] = {split: f"hf-{split}.parquet" for split in SPLITS}
+# Listed with each split so that `datasets` picks its image-folder loader; rows come from the
+# split's view alone.
+IMAGE_FILES = f"{IMAGES_DIR}/**/*.png"
+LEFT_OUT = (Col.LATENT, Col.LATENT_EDIT)
+_IMAGE_COLUMNS = (Col.IMAGE_SOURCE, Col.IMAGE_EDIT)
+_CLASS_COLUMNS = (Col.EMOTION_SOURCE, Col.EMOTION_EDIT, Col.EXPRESSION_TARGET)
+# Hugging Face licence ids from least to most restrictive: public domain, permissive with notice,
+# permissive with notice and patent terms, terms nobody recorded, terms that restrict use.
+LICENCE_ORDER = ("cc0-1.0", "mit", "apache-2.0", "unknown", "other")
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+
+
+def write_views(run_dir: Path, table: pa.Table) -> dict[Split, int]:
+    """Write the per-split views of the manifest `table` into `run_dir`; rows per split.
+
+    `datasets` refuses a split without rows, so an empty split has no view (a stale one goes).
+    """
+    view = view_table(table)
+    splits = assign_splits(table.column(Col.SEED).to_numpy())
+    rows: dict[Split, int] = {}
+    for split, name in VIEW_FILES.items():
+        part = view.filter(pa.array(splits == split, type=pa.bool_()))
+        rows[split] = part.num_rows
+        if not part.num_rows:
+            (Path(run_dir) / name).unlink(missing_ok=True)
+            continue
+        sink = pa.BufferOutputStream()
+        pq.write_table(part, sink)
+        write_atomic(sink.getvalue().to_pybytes(), Path(run_dir) / name)
+    return rows
+
+
+def view_table(table: pa.Table) -> pa.Table:
+    """The manifest's rows as the image-folder loader reads them (see the module docstring)."""
+    table = table.drop_columns([name for name in LEFT_OUT if name in table.column_names])
+    labels = pa.array(EMOTION_LABELS)
+    features = {}
+    for name in _CLASS_COLUMNS:
+        if name in table.column_names:
+            indices = pc.index_in(table.column(name).cast(pa.string()), value_set=labels).cast(pa.int64())
+            table = table.set_column(table.column_names.index(name), name, indices)
+            features[name] = {"_type": "ClassLabel", "names": list(EMOTION_LABELS)}
+    table = table.rename_columns([f"{n}_file_name" if n in _IMAGE_COLUMNS else n for n in table.column_names])
+    return table.replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features}}).encode()})
+
+
+def configs(split_rows: dict[Split, int]) -> list[dict[str, Any]]:
+    """The README's `configs:` entry: each split's view, and the images its rows point at."""
+    present = {split: name for split, name in VIEW_FILES.items() if split_rows.get(split)}
+    return [
+        {
+            "config_name": "default",
+            "data_files": [{"split": split, "path": [name, IMAGE_FILES]} for split, name in present.items()],
+            "metadata_filenames": list(present.values()),
+            "drop_labels": True,
+        }
+    ]
+
+
+def size_category(rows: int) -> str:
+    """Hugging Face's size bucket for a dataset of `rows` rows."""
+    for bound, name in _SIZE_CATEGORIES:
+        if rows < bound:
+            return name
+    return "n>1M"
+
+
+def licence_fields(models: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """`license` (and, for `other`, `license_name` and `license_link`) of the most restrictive model.
+
+    `models` are `pipeline.card.model_provenance` records; a model without a registry record (a
+    user-supplied checkpoint) counts as `unknown`. With several `other` models, the first one
+    names the terms; the card's model table lists them all.
+    """
+    ranked = [(LICENCE_ORDER.index(m["asset"].licence_id if m["asset"] else "unknown"), m) for m in models]
+    if not ranked:
+        return {"license": "unknown"}
+    rank = max(r for r, _ in ranked)
+    licence = LICENCE_ORDER[rank]
+    if licence != "other":
+        return {"license": licence}
+    asset = next(m["asset"] for r, m in ranked if r == rank)
+    return {"license": "other", "license_name": f"{asset.name}-terms", "license_link": asset.page}
