@@ -98,15 +98,29 @@ def open_manifest(run_dir: Path) -> tuple[ds.Dataset, str]:
     """A pyarrow dataset over the run's finished shards, and their schema version.
 
     Every shard's schema is checked against its declared version first, so a foreign or
-    half-migrated file is refused by name instead of surfacing as a confusing read error.
+    half-migrated file is refused by name instead of surfacing as a confusing read error. A run
+    resumed by a newer exprlock holds shards of two versions; they are read as the newest (older
+    shards' missing columns as nulls) when the newer version only adds columns, and refused when
+    a column changed its meaning.
     """
     files = shard_files(run_dir)
     if not files:
         raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: no manifest shards found; is this a run directory?")
-    versions = {_checked_schema(path)[1] for path in files}
-    if len(versions) > 1:
-        raise ManifestError(f"{Path(run_dir) / MANIFEST_DIR}: shards of several schema versions {sorted(versions)}")
-    return ds.dataset([str(p) for p in files], format="parquet"), versions.pop()
+    checked = {path: _checked_schema(path) for path in files}
+    versions = sorted({version for _, version in checked.values()}, key=_version_key)
+    newest = schema_for_version(versions[-1])
+    for older in versions[:-1]:
+        if not all(newest.field(field.name).equals(field, check_metadata=True) for field in schema_for_version(older)):
+            raise ManifestError(
+                f"{Path(run_dir) / MANIFEST_DIR}: shards of schema versions {versions}, whose columns differ in "
+                "meaning; finish the run with the exprlock version that started it, or start it afresh in another --out"
+            )
+    schema = next(schema for schema, version in checked.values() if version == versions[-1])
+    return ds.dataset([str(p) for p in files], format="parquet", schema=schema), versions[-1]
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def shard_files(run_dir: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import pytest
 
 from data_schemas import COLUMNS, CURRENT_VERSION, EMOTION_LABELS, SCHEMA_METADATA_KEY, Col, schema_for_version
 from pipeline.errors import ManifestError
-from pipeline.manifest import read_manifest, read_shard, shard_files, to_table, write_shard
+from pipeline.manifest import open_manifest, read_manifest, read_shard, shard_files, to_table, write_shard
 
 
 def _rows(n: int, shard: int = 0) -> dict[str, list]:
@@ -143,6 +143,37 @@ def test_version_1_0_shards_stay_readable_beside_current_ones(tmp_path: Path) ->
     assert table.num_rows == 5
     assert table.column(Col.EMOTION_PROBS_SOURCE).null_count == 2
     assert table.column(Col.SCHEMA_VERSION).to_pylist() == ["1.0", "1.0", CURRENT_VERSION, CURRENT_VERSION, CURRENT_VERSION]
+
+
+def _old_shard(path: Path, version: str, rows: dict[str, list]) -> None:
+    schema = schema_for_version(version).with_metadata({SCHEMA_METADATA_KEY: json.dumps({"schema_version": version}).encode()})
+    rows = {**rows, Col.SCHEMA_VERSION: [version] * len(rows[Col.SEED])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({f.name: pa.array(rows.get(f.name, [None] * len(rows[Col.SEED])), f.type) for f in schema}, schema=schema), path)
+
+
+def test_a_run_resumed_by_a_newer_version_reads_as_the_newest(tmp_path: Path) -> None:
+    """Shards of 1.3 (no split column) beside shards of 1.4: one dataset, the old split null."""
+    from pipeline.dataset import ManifestDataset
+    from pipeline.splits import assign_splits
+
+    _old_shard(tmp_path / "manifest" / "shard-00000.parquet", "1.3", _rows(4, shard=0))
+    write_shard(to_table(_rows(4, shard=1), run_id="demo-abc"), tmp_path / "manifest" / "shard-00001.parquet")
+    dataset, version = open_manifest(tmp_path)
+    assert version == CURRENT_VERSION and dataset.schema.names == list(COLUMNS)
+    table = dataset.to_table(columns=[Col.SEED, Col.SPLIT])
+    assert table.column(Col.SPLIT).to_pylist()[:4] == [None] * 4
+    assert table.column(Col.SPLIT).to_pylist()[4:] == assign_splits(list(range(4, 8))).tolist()
+    every = sorted(seed for split in ("train", "validation", "test") for seed in ManifestDataset(tmp_path, split=split, image="source").seeds)
+    assert every == list(range(8))
+
+
+def test_shards_whose_columns_changed_meaning_are_not_mixed(tmp_path: Path) -> None:
+    """1.2 redefined the emotion columns (one model -> the ensemble): a 1.1 shard cannot join a current run."""
+    _old_shard(tmp_path / "manifest" / "shard-00000.parquet", "1.1", _rows(2, shard=0))
+    write_shard(to_table(_rows(2, shard=1), run_id="demo-abc"), tmp_path / "manifest" / "shard-00001.parquet")
+    with pytest.raises(ManifestError, match=rf"shards of schema versions \['1.1', '{CURRENT_VERSION}'\], whose columns differ in meaning"):
+        open_manifest(tmp_path)
 
 
 def test_emotion_probabilities_must_have_one_value_per_label() -> None:
