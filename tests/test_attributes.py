@@ -24,6 +24,7 @@ from pipeline.models.attributes import (
     head_pose,
     head_rotation,
     region_masks,
+    rotation_to_angles,
     square_face_crops,
     srgb_to_lab,
 )
@@ -168,6 +169,23 @@ def test_known_rotations_are_recovered(frontal: np.ndarray, angles: tuple[float,
     turned = _rotate(frontal, angles_to_rotation(np.array([angles])), scale=1.7, shift=12.0)
     noisy = turned + np.random.default_rng(0).normal(0, 0.5, turned.shape)  # half a pixel on a ~110 px face
     np.testing.assert_allclose(head_pose(noisy)[0], angles, atol=1.0)
+
+
+def test_angles_compose_as_documented() -> None:
+    """`Ry(yaw) @ Rx(-pitch) @ Rz(roll)`, written out by hand, and back."""
+
+    def about(axis: int, degrees: float) -> np.ndarray:
+        c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        i, j = [(1, 2), (2, 0), (0, 1)][axis]
+        rotation = np.eye(3)
+        rotation[i, i] = rotation[j, j] = c
+        rotation[j, i], rotation[i, j] = s, -s
+        return rotation
+
+    angles = np.array([[-40.0, 15.0, 10.0], [25.0, -30.0, 35.0], [0.0, 80.0, -170.0]])
+    expected = np.stack([about(1, y) @ about(0, -p) @ about(2, r) for y, p, r in angles])
+    np.testing.assert_allclose(angles_to_rotation(angles), expected, atol=1e-12)
+    np.testing.assert_allclose(rotation_to_angles(expected), angles, atol=1e-9)
 
 
 def test_signs_follow_the_image(frontal: np.ndarray) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from pipeline.errors import ImageError
 from pipeline.images import as_uint8_images
@@ -195,6 +196,10 @@ _POSE_REFERENCE: dict[int, tuple[float, float, float]] = {
 POSE_LANDMARKS = tuple(_POSE_REFERENCE)
 # From image axes (x right, y down, z away from the camera) to the canonical model's axes.
 _IMAGE_TO_MODEL = np.array([1.0, -1.0, -1.0])
+# Yaw, pitch, roll as intrinsic rotations about y, x, z (upper case: intrinsic), pitch negated so
+# that raising the nose is positive.
+_EULER_AXES = "YXZ"
+_EULER_SIGNS = np.array([1.0, -1.0, 1.0])
 
 
 def head_rotation(landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -221,28 +226,13 @@ def rotation_to_angles(rotations: np.ndarray) -> np.ndarray:
     Signs, as seen in the image: yaw > 0 turns the nose towards the image's right (the subject's
     left), pitch > 0 raises the nose, roll > 0 rotates the face counter-clockwise.
     """
-    yaw = np.arctan2(rotations[:, 0, 2], rotations[:, 2, 2])
-    pitch = np.arcsin(np.clip(rotations[:, 1, 2], -1.0, 1.0))
-    roll = np.arctan2(rotations[:, 1, 0], rotations[:, 1, 1])
-    return np.degrees(np.stack([yaw, pitch, roll], axis=1))
+    angles = Rotation.from_matrix(rotations).as_euler(_EULER_AXES, degrees=True)
+    return angles * _EULER_SIGNS
 
 
 def angles_to_rotation(angles: np.ndarray) -> np.ndarray:
     """Rotations `(N, 3, 3)` from yaw, pitch, roll in degrees `(N, 3)`; inverse of `rotation_to_angles`."""
-    yaw, pitch, roll = np.radians(np.asarray(angles, dtype=np.float64)).T
-    return _axis_rotation(yaw, 1) @ _axis_rotation(-pitch, 0) @ _axis_rotation(roll, 2)
-
-
-def _axis_rotation(angle: np.ndarray, axis: int) -> np.ndarray:
-    """Right-handed rotations `(N, 3, 3)` by `angle` radians about one coordinate axis."""
-    i, j = [a for a in range(3) if a != axis]
-    if axis == 1:  # keep the right-handed order z -> x for the rotation about y
-        i, j = j, i
-    result = np.tile(np.eye(3), (len(angle), 1, 1))
-    result[:, i, i] = result[:, j, j] = np.cos(angle)
-    result[:, j, i] = np.sin(angle)
-    result[:, i, j] = -np.sin(angle)
-    return result
+    return Rotation.from_euler(_EULER_AXES, np.asarray(angles, dtype=np.float64) * _EULER_SIGNS, degrees=True).as_matrix()
 
 
 def head_pose(landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
