@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EXPRLOCK_HOME ?= $(CURDIR)/.exprlock
 export EXPRLOCK_HOME
 
-.PHONY: install demo demo-models test expression-lock-report
+.PHONY: install demo demo-models test expression-lock-report compose-env
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo-models: install
 
 test: install
 	$(PY) -m pytest
+
+# .env for docker-compose.yml (database password, models volume key); needs only Python.
+compose-env:
+	$(PYTHON) -m pipeline.compose_env .env
 
 # docs/expression-lock.md and .csv: editors with each preservation term, the lock, judged.
 expression-lock-report: install
