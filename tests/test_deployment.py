@@ -196,9 +196,32 @@ def test_a_deployed_run_completes_on_a_run_once_worker(deployed: Server, tmp_pat
     log = (tmp_path / "worker.log").read_text()
     assert deployed.flow_run_state(flow_run["id"]) == "COMPLETED", log[-3000:]
     table = read_manifest(out)
+    run_id = load_config(config).run_id
     assert table.column(Col.SEED).to_pylist() == [0, 1, 2, 3]
-    assert set(table.column(Col.RUN_ID).to_pylist()) == {load_config(config).run_id}
+    assert set(table.column(Col.RUN_ID).to_pylist()) == {run_id}
     assert (out / "README.md").is_file() and (out / "contact_sheet.png").is_file()
+    _assert_the_ui_shows_the_run(deployed, flow_run["id"], run_id, rows=4, shards=2)
+
+
+def _assert_the_ui_shows_the_run(server: Server, flow_run_id: str, run_id: str, *, rows: int, shards: int) -> None:
+    """What Prefect's UI shows of a finished generate run, read through Prefect's own client."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        of_run = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        artifacts = {artifact.key: artifact for artifact in client.read_artifacts(flow_run_filter=of_run)}
+        task_names = sorted(task.name for task in client.read_task_runs(flow_run_filter=of_run))
+    assert f"run-id:{run_id}" in run.tags and run_id in run.name
+    progress, summary, table = (artifacts.get(f"{run_id}-{kind}") for kind in ("progress", "summary", "shards"))
+    assert progress is not None and progress.type == "progress" and progress.data == 100.0, sorted(artifacts)
+    assert summary is not None and summary.type == "markdown"
+    assert run_id in summary.data and f"**{rows} rows**" in summary.data, summary.data
+    assert table is not None and table.type == "table"
+    assert [row["shard"] for row in json.loads(table.data)] == list(range(shards))
+    assert [name for name in task_names if name.startswith("shard-")] == [f"shard-{i:05d}" for i in range(shards)]
 
 
 def test_two_workers_share_a_run_submitted_in_shard_ranges(deployed: Server, tmp_path: Path) -> None:
