@@ -138,12 +138,24 @@ def test_the_image_installs_the_project_as_the_makefile_does() -> None:
     assert "exprlock assets fetch" in make and "pip install --quiet -e \".[test]\"" in make
 
 
-def test_compose_validates_the_file() -> None:
+def test_compose_validates_the_file_and_refuses_to_start_without_a_password(tmp_path: Path) -> None:
     command = _compose_command()
     if command is None:
         pytest.skip("no Compose implementation installed (docker compose or docker-compose); structure checked above")
-    env = {**os.environ, "POSTGRES_PASSWORD": "secret", "EXPRLOCK_ASSETS_KEY": "0123456789ab"}
-    result = subprocess.run([*command, "-f", str(REPO / "docker-compose.yml"), "config", "--services"],
-                            capture_output=True, text=True, check=False, cwd=REPO, env=env)
+    env_file = tmp_path / ".env"
+    env_file.write_text("EXPRLOCK_ASSETS_KEY=0123456789ab\n")
+
+    def config(*args: str) -> subprocess.CompletedProcess:
+        base = [*command, "--env-file", str(env_file), "-f", str(REPO / "docker-compose.yml"), "config", *args]
+        env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "EXPRLOCK_ASSETS_KEY")}
+        return subprocess.run(base, capture_output=True, text=True, check=False, cwd=REPO, env=env)
+
+    refused = config("--services")
+    assert refused.returncode != 0 and "make compose-env" in refused.stderr
+    env_file.write_text("EXPRLOCK_ASSETS_KEY=0123456789ab\nPOSTGRES_PASSWORD=secret\n")
+    result = config("--services")
     assert result.returncode == 0, result.stderr
     assert set(result.stdout.split()) == set(SERVICES)
+    resolved = yaml.safe_load(config().stdout)
+    assert resolved["volumes"]["models"]["name"] == "exprlock-models-0123456789ab"
+    assert resolved["services"]["server"]["environment"]["PREFECT_UI_API_URL"] == "http://localhost:4200/api"
