@@ -21,7 +21,7 @@ from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.scoring import load_scorer
 
 
-@task(name="sample-shard", tags=["exprlock-gpu"], cache_policy=NO_CACHE, retries=1)
+@task(name="sample-shard", task_run_name="samples-{index:05d}", tags=["exprlock-gpu"], cache_policy=NO_CACHE, retries=1)
 def sample_shard_task(config: dict[str, Any], index: int) -> str:
     settings = parse_config(config)
     device = str(resolve_device(settings.device))
@@ -29,7 +29,7 @@ def sample_shard_task(config: dict[str, Any], index: int) -> str:
     return str(ensure_sample_shard(settings, index, generator, load_scorer(*settings.scorer_settings(device))))
 
 
-@task(name="fit-directions", cache_policy=NO_CACHE)
+@task(name="fit-directions", task_run_name="fit-directions", cache_policy=NO_CACHE)
 def fit_directions_task(config: dict[str, Any]) -> dict[str, Any]:
     settings = parse_config(config)
     device = str(resolve_device(settings.device))

@@ -60,12 +60,12 @@ def generate_shard_task(config: dict[str, Any], run_dir: str, index: int) -> dic
             "note": outcome.note, "seconds": seconds}
 
 
-@task(name="contact-sheet", cache_policy=NO_CACHE)
+@task(name="contact-sheet", task_run_name="contact-sheet", cache_policy=NO_CACHE)
 def contact_sheet_task(run_dir: str) -> str:
     return str(write_contact_sheet(Path(run_dir)))
 
 
-@task(name="dataset-card", cache_policy=NO_CACHE)
+@task(name="dataset-card", task_run_name="dataset-card", cache_policy=NO_CACHE)
 def dataset_card_task(run_dir: str) -> str:
     return str(write_card(Path(run_dir)))
 
