@@ -81,7 +81,7 @@ def instrument(clock: StageClock, config: RunConfig, device: str) -> None:
     import pipeline.run
     import pipeline.scoring
     from pipeline.edits import Editing
-    from pipeline.models.attributes import AdienceGenderAge
+    from pipeline.models.adience import AdienceGenderAge
     from pipeline.models.detector import FaceDetector
     from pipeline.models.emotion import EmotionClassifier
     from pipeline.models.face_expression import FaceExpressionClassifier

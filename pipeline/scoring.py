@@ -21,7 +21,8 @@ from data_schemas import ATTRIBUTE_FIELDS, EMOTION_LABELS, Col
 from pipeline.editing.hfld import landmark_nme
 from pipeline.metrics import js_divergence
 from pipeline.models.assets import REGISTRY, file_sha256
-from pipeline.models.attributes import AdienceGenderAge, colour_attributes, head_pose
+from pipeline.models.adience import AdienceGenderAge
+from pipeline.models.attributes import colour_attributes, head_pose
 from pipeline.models.deepface_backend import DeepFaceEmotion
 from pipeline.models.detector import FaceDetector
 from pipeline.models.emotion import EmotionClassifier

