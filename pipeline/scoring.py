@@ -162,7 +162,7 @@ class FaceScorer:
     """All scoring models, loaded once; `score` takes generator images `(N, 3, R, R)` in [-1, 1].
 
     Args:
-        device: where the torch models run (cv2 and onnxruntime models run on the CPU).
+        device: where the torch models run (the YuNet detector and insightface's graphs run on the CPU).
         attributes: also run the Adience gender and age nets (the slowest scorers); without
             them `p_female` and `age` are NaN.
         emotion: "native" (FER2013 mini-Xception asset) or "deepface" (deepface's emotion
@@ -184,7 +184,7 @@ class FaceScorer:
         self.expression = FaceExpressionClassifier().to(self.device).eval()
         self.identity = IdentityEncoder().to(self.device).eval() if identity == "native" else ArcFaceIdentity()
         self.detector = FaceDetector()
-        self.adience = AdienceGenderAge() if attributes else None
+        self.adience = AdienceGenderAge(self.device) if attributes else None
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> FaceScores:

@@ -99,7 +99,7 @@ def test_astronaut_is_scored_an_adult_woman(
     np.testing.assert_allclose(result.age_probs.sum(axis=1), 1, atol=1e-5)
 
 
-def test_batched_scores_equal_one_image_at_a_time_cv2_dnn(
+def test_the_torch_port_equals_opencv_caffe_one_image_at_a_time(
     scorer: AdienceGenderAge, astronaut: np.ndarray, astronaut_box: np.ndarray, generated: np.ndarray
 ) -> None:
     crops = np.concatenate([square_face_crops(astronaut[None], astronaut_box), square_face_crops(generated)])
