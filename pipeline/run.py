@@ -87,7 +87,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
             Col.LATENT: list(latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
             **_save_images(run_dir, [source_image(index, seed) for seed in names], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
         }
-        scores = scorer.score(floats) if scorer is not None else None
+        scores = scorer.score(floats, identity=bool(specs)) if scorer is not None else None
         if scores is not None:
             source.update(source_score_columns(scores, scorer.provenance()))
         if not specs:

@@ -29,7 +29,7 @@ from pipeline.models.emotion import EmotionClassifier
 from pipeline.models.face_expression import FaceExpressionClassifier
 from pipeline.models.facemesh import LEFT_EYE, RIGHT_EYE, FaceMeshLandmarker
 from pipeline.generators.base import to_uint8
-from pipeline.models.identity import IdentityEncoder, align_faces, cosine
+from pipeline.models.identity import EMBEDDING_DIM, IdentityEncoder, align_faces, cosine
 from pipeline.models.insightface_backend import LICENCE as INSIGHTFACE_LICENCE
 from pipeline.models.insightface_backend import ArcFaceIdentity
 
@@ -64,7 +64,7 @@ class FaceScores:
 
     emotion_model_probs: np.ndarray  # (N, len(EMOTION_MODELS), 7) in EMOTION_LABELS order
     landmarks: np.ndarray  # (N, 468, 3) image pixels
-    embeddings: np.ndarray  # (N, 128) unit length
+    embeddings: np.ndarray  # (N, D) unit length (D: 128 for SFace, 512 for ArcFace); NaN where not computed
     face_found: np.ndarray  # (N,) bool
     face_score: np.ndarray  # (N,) detector confidence, 0 when nothing was proposed
     attributes: np.ndarray  # (N, len(ATTRIBUTE_NAMES)), NaN where undefined
@@ -183,14 +183,20 @@ class FaceScorer:
         self.emotion = (EmotionClassifier() if emotion == "native" else DeepFaceEmotion()).to(self.device).eval()
         self.expression = FaceExpressionClassifier().to(self.device).eval()
         self.identity = IdentityEncoder().to(self.device).eval() if identity == "native" else ArcFaceIdentity()
+        self.embedding_size = EMBEDDING_DIM if isinstance(self.identity, IdentityEncoder) else self.identity.dim
         self.detector = FaceDetector()
         self.adience = AdienceGenderAge(self.device) if attributes else None
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor) -> FaceScores:
+    def score(self, images: torch.Tensor, *, identity: bool = True) -> FaceScores:
+        """Every score of each image. `identity=False` skips the identity encoder (embeddings
+        are NaN): identity is a comparison with an edit, so sources nobody edits need none."""
         images = images.to(self.device, torch.float32)
         landmarks, _ = self.landmarker(images)
-        embeddings = self._embed(align_faces(images, five_points(landmarks)))
+        if identity:
+            embeddings = self._embed(align_faces(images, five_points(landmarks)))
+        else:
+            embeddings = np.full((len(images), self.embedding_size), np.nan, dtype=np.float32)
         pixels = to_uint8(images).numpy()
         detections = self.detector.detect(pixels)
         emotion_model_probs, attributes = self._describe(images, pixels, landmarks)

@@ -82,6 +82,17 @@ def test_scores_do_not_depend_on_the_batch(scorer: FaceScorer, faces: torch.Tens
     np.testing.assert_allclose(parts.attributes, whole.attributes, atol=1e-3)
 
 
+def test_without_identity_every_other_score_is_the_same_and_the_encoder_never_runs(
+    scorer: FaceScorer, faces: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = scorer.score(faces)
+    monkeypatch.setattr(scorer, "identity", None)  # any call of the encoder would fail
+    lean = scorer.score(faces, identity=False)
+    assert lean.embeddings.shape == whole.embeddings.shape and np.isnan(lean.embeddings).all()
+    for name in ("emotion_model_probs", "landmarks", "face_found", "face_score", "attributes"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(whole, name), err_msg=name)
+
+
 def test_describing_some_attributes_gives_the_same_columns_and_runs_only_the_nets_they_need(
     scorer: FaceScorer, faces: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
