@@ -9,8 +9,9 @@ into a fresh directory (on PREFECT_API_URL when set, else a temporary Prefect AP
 timing), after loading the generator and scorers once, and times the raw generator (latents
 sampled and rendered, batch `batch_size`) on as many faces in the same process. Stage shares
 come from timing the leaf calls exclusively (a call's time excludes the timed calls inside it):
-render, each scorer model, the colour and pose attributes, the edits, PNG encoding, PNG writing
-(atomic, with fsync), Parquet writing, the rest of the shard task, the contact sheet and card,
+render, each scorer model, the colour and pose attributes, the edits, PNGs (encoded and written
+on a thread pool: the time the shard spends queueing them, and waiting for and syncing them
+before its commit), Parquet writing, the rest of the shard task, the contact sheet and card,
 and Prefect (the flow's wall time outside all of these: orchestration, logging, artifacts). Prints a table, or with --json one object with
 `e2e_faces_per_s`, `raw_faces_per_s`, `ratio` and `stages`; appends it to
 benchmarks/results.jsonl.
@@ -81,6 +82,7 @@ def instrument(clock: StageClock, config: RunConfig, device: str) -> None:
     import pipeline.run
     import pipeline.scoring
     from pipeline.edits import Editing
+    from pipeline.images import ImageWriter
     from pipeline.models.adience import AdienceGenderAge
     from pipeline.models.detector import FaceDetector
     from pipeline.models.emotion import EmotionClassifier
@@ -100,8 +102,8 @@ def instrument(clock: StageClock, config: RunConfig, device: str) -> None:
         (pipeline.scoring, "colour_attributes", "attributes (colour, pose)"),
         (pipeline.scoring, "head_pose", "attributes (colour, pose)"),
         (Editing, "apply", "edits"),
-        (pipeline.run, "encode_png", "png encode"),
-        (pipeline.run, "write_atomic", "png write"),
+        (ImageWriter, "submit", "png (queued)"),
+        (ImageWriter, "flush", "png (waited for, synced)"),
         (pipeline.run, "write_shard", "parquet"),
         (flows.generate, "generate_shard_once", "shard task, other"),
         (flows.generate, "write_contact_sheet", "contact sheet and card"),

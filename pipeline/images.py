@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import math
 import os
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,19 +44,96 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(data: bytes, path: Path) -> str:
-    """Write bytes under a temporary name, fsync, rename; return their SHA-256."""
+def write_atomic(data: bytes, path: Path, *, durable: bool = True) -> str:
+    """Write bytes under a temporary name, fsync (unless `durable=False`: the caller syncs
+    later, see `ImageWriter`), rename; return their SHA-256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with naming(temp), open(temp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     return hashlib.sha256(data).hexdigest()
+
+
+class ImageWriter:
+    """Encodes and writes a shard's PNGs on a small thread pool while the caller scores on.
+
+    Files are renamed into place as they are written but not synced one by one; `flush` waits
+    for them and makes them durable at once (Linux `syncfs` on their filesystem, else an fsync
+    per file), and must return before the caller commits anything that names them: the commit
+    (the shard's Parquet rename) then only ever points at durable files, as with a per-file
+    fsync. A crash before the commit leaves files the shard's redo overwrites.
+    """
+
+    def __init__(self, run_dir: Path, *, workers: int = 2) -> None:
+        self.run_dir = Path(run_dir)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png")
+        self._pending: list[Future[str]] = []
+        self._written: list[Path] = []
+
+    def submit(self, relative_paths: list[Path], images: np.ndarray) -> list[Future[str]]:
+        """Queue uint8 images `(N, H, W, 3)` for `run_dir / relative_paths`; futures of their SHA-256."""
+        futures = [self._pool.submit(self._write, self.run_dir / relative, image) for relative, image in zip(relative_paths, images, strict=True)]
+        self._pending += futures
+        return futures
+
+    def flush(self) -> None:
+        """Wait for every queued image (the first failure is raised) and make them all durable."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        written, self._written = self._written, []
+        if not written or _sync_filesystem(self.run_dir):
+            return
+        for path in written:
+            with naming(path), open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        for directory in sorted({path.parent for path in written}):  # the renames
+            _fsync_directory(directory)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, path: Path, image: np.ndarray) -> str:
+        digest = write_atomic(encode_png(image), path, durable=False)
+        self._written.append(path)  # list.append is atomic under the GIL
+        return digest
+
+
+def _sync_filesystem(directory: Path) -> bool:
+    """Flush every written file of `directory`'s filesystem (Linux `syncfs`); False where the
+    call does not exist."""
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is None:
+        return False
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        if syncfs(descriptor) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(directory))
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def contact_sheet(images: np.ndarray, *, columns: int | None = None, scale: int = 2, gap: int = 2) -> np.ndarray:

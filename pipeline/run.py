@@ -18,7 +18,7 @@ import torch
 
 from data_schemas import CURRENT_VERSION, Col
 from pipeline.config import RunConfig
-from pipeline.images import contact_sheet, encode_png, labelled_grid, read_png, write_atomic
+from pipeline.images import ImageWriter, contact_sheet, encode_png, labelled_grid, read_png, write_atomic
 from pipeline.layout import CONTACT_SHEET, edit_image, shard_path, shard_seeds, source_image
 from pipeline.ledger import record_shard, with_shard_metadata
 from pipeline.manifest import read_manifest, to_table, write_shard
@@ -69,53 +69,58 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     if editing is not None:
         editing.require_generator(generator_sha)
     columns: dict[str, list] = defaultdict(list)
-    for start in range(0, len(seeds), config.batch_size):
-        batch = seeds[start : start + config.batch_size]
-        if targets:
-            slots = [seed - config.sources.first_seed for seed in batch]
-            steered = steer_sources(
-                config, generator, scorer.expressions, _target_directions(editing, targets), slots, [targets[i] for i in slots]
-            )
-            latents, names, origin = steered.latents, steered.seeds, _steering_columns(batch, steered)
-        else:
-            latents, names, origin = generator.sample_latents(batch), list(batch), {}
-        with torch.no_grad():
-            floats = generator.synthesize(latents)
-        source = {
-            Col.SEED: names,
-            **origin,
-            Col.LATENT: list(latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
-            **_save_images(run_dir, [source_image(index, seed) for seed in names], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
-        }
-        scores = scorer.score(floats, identity=bool(specs)) if scorer is not None else None
-        if scores is not None:
-            source.update(source_score_columns(scores, scorer.provenance()))
-        if not specs:
-            _extend(columns, source)
-            continue
-        for spec in specs:
-            threshold = editing.threshold(spec.attribute)
-            before = scores.attribute(editing.score_name(spec.attribute))
-            signs = edit_directions(before, threshold)
-            made = make_edit(config, editing, generator, scorer, spec, latents, scores, signs)
-            after = made.scores.attribute(editing.score_name(spec.attribute))
-            edit = {
-                Col.ATTRIBUTE: [spec.attribute] * len(batch),
-                Col.STRENGTH: [spec.strength] * len(batch),
-                Col.EDITOR: [spec.method] * len(batch),
-                Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
-                Col.PRESERVATION: [asdict(spec.weights)] * len(batch),
-                **made.lock_columns,
-                Col.LATENT_EDIT: list(made.latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
-                **_save_images(
-                    run_dir, [edit_image(index, seed, spec.slug) for seed in names], made.images, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
-                ),
-                **edit_score_columns(made.scores, compare(scores, made.scores)),
-                Col.ATTRIBUTE_SCORE_SOURCE: before.tolist(),
-                Col.ATTRIBUTE_SCORE_EDIT: after.tolist(),
-                Col.ATTRIBUTE_REACHED: attribute_reached(signs, after, threshold).tolist(),
+    with ImageWriter(run_dir) as writer:
+        for start in range(0, len(seeds), config.batch_size):
+            batch = seeds[start : start + config.batch_size]
+            if targets:
+                slots = [seed - config.sources.first_seed for seed in batch]
+                steered = steer_sources(
+                    config, generator, scorer.expressions, _target_directions(editing, targets), slots, [targets[i] for i in slots]
+                )
+                latents, names, origin = steered.latents, steered.seeds, _steering_columns(batch, steered)
+            else:
+                latents, names, origin = generator.sample_latents(batch), list(batch), {}
+            with torch.no_grad():
+                floats = generator.synthesize(latents)
+            source = {
+                Col.SEED: names,
+                **origin,
+                Col.LATENT: list(latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
+                **_save_images(writer, [source_image(index, seed) for seed in names], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
             }
-            _extend(columns, {**source, **edit})
+            scores = scorer.score(floats, identity=bool(specs)) if scorer is not None else None
+            if scores is not None:
+                source.update(source_score_columns(scores, scorer.provenance()))
+            if not specs:
+                _extend(columns, source)
+                continue
+            for spec in specs:
+                threshold = editing.threshold(spec.attribute)
+                before = scores.attribute(editing.score_name(spec.attribute))
+                signs = edit_directions(before, threshold)
+                made = make_edit(config, editing, generator, scorer, spec, latents, scores, signs)
+                after = made.scores.attribute(editing.score_name(spec.attribute))
+                edit = {
+                    Col.ATTRIBUTE: [spec.attribute] * len(batch),
+                    Col.STRENGTH: [spec.strength] * len(batch),
+                    Col.EDITOR: [spec.method] * len(batch),
+                    Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
+                    Col.PRESERVATION: [asdict(spec.weights)] * len(batch),
+                    **made.lock_columns,
+                    Col.LATENT_EDIT: list(made.latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
+                    **_save_images(
+                        writer, [edit_image(index, seed, spec.slug) for seed in names], made.images, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
+                    ),
+                    **edit_score_columns(made.scores, compare(scores, made.scores)),
+                    Col.ATTRIBUTE_SCORE_SOURCE: before.tolist(),
+                    Col.ATTRIBUTE_SCORE_EDIT: after.tolist(),
+                    Col.ATTRIBUTE_REACHED: attribute_reached(signs, after, threshold).tolist(),
+                }
+                _extend(columns, {**source, **edit})
+        writer.flush()  # every PNG durable before the Parquet that names them is committed
+    for name in (Col.IMAGE_SOURCE_SHA256, Col.IMAGE_EDIT_SHA256):
+        if name in columns:
+            columns[name] = [digest.result() for digest in columns[name]]
     count = len(columns[Col.SEED])
     created = datetime.now(timezone.utc)
     columns.update(
@@ -201,14 +206,11 @@ def _steering_columns(batch: range, steered: SteeredSources) -> dict[str, list]:
 
 
 def _save_images(
-    run_dir: Path, relative_paths: list[Path], floats: torch.Tensor, path_column: str, hash_column: str
+    writer: ImageWriter, relative_paths: list[Path], floats: torch.Tensor, path_column: str, hash_column: str
 ) -> dict[str, list]:
-    """Write a batch of PNGs atomically; the path and digest columns that describe them."""
-    hashes = [
-        write_atomic(encode_png(image), Path(run_dir) / relative)
-        for relative, image in zip(relative_paths, to_uint8(floats).numpy(), strict=True)
-    ]
-    return {path_column: [p.as_posix() for p in relative_paths], hash_column: hashes}
+    """Queue a batch of PNGs; the path column and the futures of the digest column."""
+    futures = writer.submit(relative_paths, to_uint8(floats).numpy())
+    return {path_column: [p.as_posix() for p in relative_paths], hash_column: futures}
 
 
 def _extend(columns: dict[str, list], values: dict[str, list]) -> None:
