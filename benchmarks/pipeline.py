@@ -2,7 +2,7 @@
 
 Run by hand, never in CI:
 
-    python benchmarks/pipeline.py --config configs/demo.yaml [--device cpu|cuda] [--count 64] [--json]
+    python benchmarks/pipeline.py --config configs/demo.yaml [--device cpu|cuda] [--count 64] [--threads N] [--json]
 
 Renders the config's sources (`--count` of them when given) through the real `generate` flow
 into a fresh directory (on PREFECT_API_URL when set, else a temporary Prefect API started before
@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from pipeline.config import RunConfig, load_config, parse_config, with_device  # noqa: E402
 from pipeline.generators.factory import load_run_generator, resolve_device  # noqa: E402
 from pipeline.scoring import load_scorer  # noqa: E402
+from pipeline.threads import ENV_VAR, configure_threads  # noqa: E402
 
 
 class StageClock:
@@ -149,6 +150,7 @@ def profile(config_path: Path, device: str | None, count: int | None) -> dict[st
         config = parse_config(data)
     resolved = str(resolve_device(config.device))
     faces = config.sources.count
+    configure_threads()
     load_run_generator(config, resolved)
     if config.scoring.enabled:
         load_scorer(*config.scorer_settings(resolved))
@@ -190,8 +192,11 @@ def main() -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: the config's")
     parser.add_argument("--count", type=int, default=None, help="sources to render; default the config's")
+    parser.add_argument("--threads", type=int, default=None, help="thread budget of torch, OpenCV and onnxruntime")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
+    if args.threads is not None:
+        os.environ[ENV_VAR] = str(args.threads)
     result = profile(args.config, args.device, args.count)
     with open(Path(__file__).with_name("results.jsonl"), "a") as log:
         log.write(json.dumps(result) + "\n")

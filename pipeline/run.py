@@ -40,6 +40,7 @@ from pipeline.scoring import (
     load_scorer,
     source_score_columns,
 )
+from pipeline.threads import configure_threads
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     if path.exists():
         return ShardResult(index, path, 0, skipped=True)
     seeds = shard_seeds(config, index)
+    configure_threads()
     device = resolve_device(config.device)
     generator, generator_name, generator_sha = load_run_generator(config, str(device))
     scorer = load_scorer(*config.scorer_settings(str(device))) if config.scoring.enabled else None

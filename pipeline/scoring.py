@@ -20,6 +20,7 @@ import torch
 from data_schemas import ATTRIBUTE_FIELDS, EMOTION_LABELS, Col
 from pipeline.editing.hfld import landmark_nme
 from pipeline.metrics import js_divergence
+from pipeline.threads import configure_threads
 from pipeline.models.assets import REGISTRY, file_sha256
 from pipeline.models.adience import AdienceGenderAge
 from pipeline.models.attributes import colour_attributes, head_pose
@@ -309,6 +310,7 @@ def load_scorer(
     device: str, attributes: bool, emotion: EmotionBackend = "native", identity: IdentityBackend = "native"
 ) -> FaceScorer:
     """One scorer per process and setting; loading the models takes seconds."""
+    configure_threads()
     return FaceScorer(device=device, attributes=attributes, emotion=emotion, identity=identity)
 
 

@@ -37,6 +37,7 @@ from insightface.model_zoo.scrfd import SCRFD
 from pipeline.errors import AssetError, ImageError
 from pipeline.images import as_uint8_images
 from pipeline.models.identity import cosine
+from pipeline.threads import session_options
 
 PACK = "buffalo_l"
 RECOGNITION_FILE = "w600k_r50.onnx"
@@ -65,7 +66,7 @@ def model_file(root: Path | None, filename: str, role: str) -> Path:
 def _load(path: Path, kind: type, role: str, providers: Sequence[str] | None) -> ArcFaceONNX | SCRFD:
     """Build insightface's model for `path` and check it is the kind the file name promises."""
     try:
-        model = get_model(str(path), providers=list(providers) if providers is not None else None)
+        model = get_model(str(path), providers=list(providers) if providers is not None else None, sess_options=session_options())
     except Exception as error:  # onnx and onnxruntime raise their own types for unreadable files
         raise AssetError(f"{path}: not a readable ONNX model ({error}); replace it with the {PACK} original") from None
     if not isinstance(model, kind):
