@@ -186,7 +186,6 @@ def write_plots(manifest: RunManifest, *, out_dir: Path | None = None) -> list[P
 
     Returns the paths written: none for a manifest without scores. Default folder: RUN_DIR/plots.
     """
-    from matplotlib.figure import Figure
 
     out_dir = Path(out_dir) if out_dir is not None else manifest.run_dir / PLOTS_DIR
     table = manifest.scalars
@@ -194,8 +193,7 @@ def write_plots(manifest: RunManifest, *, out_dir: Path | None = None) -> list[P
     for name in metric_columns(table):
         values = table.column(name).drop_null().to_numpy().astype(np.float64)
         values = values[np.isfinite(values)]
-        figure = Figure(figsize=(5, 3.2), layout="constrained")
-        axes = figure.subplots()
+        figure, axes = _figure((5, 3.2))
         axes.hist(values, bins=30, color="#4c72b0")
         axes.set(title=f"{name} (n={len(values)})", xlabel=name, ylabel="rows")
         written.append(_save(figure, out_dir / f"{name}.png"))
@@ -204,8 +202,7 @@ def write_plots(manifest: RunManifest, *, out_dir: Path | None = None) -> list[P
         written.append(_emotion_bars(table, emotions, out_dir / "emotions.png"))
     rates = _grouped_mean(table, Col.EMOTION_FLIPPED, Col.ATTRIBUTE)
     if rates != NOT_SCORED:
-        figure = Figure(figsize=(5, 3.2), layout="constrained")
-        axes = figure.subplots()
+        figure, axes = _figure((5, 3.2))
         axes.bar(list(rates), list(rates.values()), color="#c44e52")
         axes.set(title="dominant-emotion flip rate by attribute", ylabel="flip rate", ylim=(0, 1))
         written.append(_save(figure, out_dir / "flip_rate_by_attribute.png"))
@@ -237,13 +234,11 @@ def _scalar_table(dataset: ds.Dataset) -> pa.Table:
 
 
 def _emotion_bars(table: pa.Table, names: list[str], path: Path) -> Path:
-    from matplotlib.figure import Figure
 
     counts = {name: _value_counts(table, name) for name in names}
     seen = {label for per in counts.values() for label in per}
     labels = [label for label in EMOTION_LABELS if label in seen] + sorted(seen - set(EMOTION_LABELS))
-    figure = Figure(figsize=(6, 3.2), layout="constrained")
-    axes = figure.subplots()
+    figure, axes = _figure((6, 3.2), bottom=0.24)
     width = 0.8 / len(names)
     positions = np.arange(len(labels))
     for offset, name in enumerate(names):
@@ -252,6 +247,16 @@ def _emotion_bars(table: pa.Table, names: list[str], path: Path) -> Path:
     axes.set(title="dominant emotion", ylabel="rows")
     axes.legend()
     return _save(figure, path)
+
+
+def _figure(size: tuple[float, float], *, bottom: float = 0.16) -> tuple[Any, Any]:
+    """A figure with one axes and fixed margins: a constrained layout costs a second draw,
+    about a third of the card's plotting time, for plots whose labels are alike."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size)
+    figure.subplots_adjust(left=0.15, right=0.97, top=0.89, bottom=bottom)
+    return figure, figure.subplots()
 
 
 def _save(figure: Any, path: Path) -> Path:
