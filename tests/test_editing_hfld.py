@@ -14,7 +14,6 @@ from pipeline.editing.hfld import (
     interocular_distance,
     landmark_nme,
     landmark_shift,
-    mkldnn_disabled,
     similarity_align,
 )
 from pipeline.editing.synthetic import TinyGenerator, TinyLandmarks
@@ -67,8 +66,7 @@ def test_hfld_gradient_reaches_the_editor_and_not_the_source(tiny, align: bool) 
     source = generator.sample_latents(range(4)).requires_grad_(True)
     loss = HFLDLoss(generator, landmarks, weight=1.0, indices=[0, 2, 3], iod=([0, 1], [4, 5]), align=align)
 
-    with mkldnn_disabled():
-        loss(editor(source, 1.0), source_latents=source).backward()
+    loss(editor(source, 1.0), source_latents=source).backward()
 
     for parameter in (editor.weight, editor.bias):
         assert parameter.grad is not None
@@ -163,8 +161,3 @@ def test_bad_detector_output_and_options_are_refused(tiny) -> None:
         HFLDLoss(generator, landmarks, weight=-1.0)
 
 
-def test_mkldnn_disabled_restores_the_previous_setting() -> None:
-    before = torch.backends.mkldnn.enabled
-    with mkldnn_disabled():
-        assert torch.backends.mkldnn.enabled is False
-    assert torch.backends.mkldnn.enabled == before

@@ -25,8 +25,7 @@ The landmark detector is any callable from float images `(N, 3, H, W)` in [-1, 1
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -37,22 +36,6 @@ from pipeline.generators.base import FaceGenerator
 LandmarkFn = Callable[[torch.Tensor], torch.Tensor]
 Indices = Sequence[int] | torch.Tensor
 EyePair = tuple[int | Sequence[int], int | Sequence[int]]
-
-
-@contextmanager
-def mkldnn_disabled() -> Iterator[None]:
-    """Run autograd on the CPU without oneDNN, restoring the previous setting afterwards.
-
-    PyTorch's oneDNN backward of a 1x1 stride-2 convolution on channels-last input (which the
-    emotion and landmark networks contain) crashes with a segfault or double free on CPU
-    builds 2.13 and 2.14; the native kernels are correct. Only the `enabled` flag is touched.
-    """
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
 
 
 def check_landmarks(points: torch.Tensor, *, what: str = "landmarks") -> None:

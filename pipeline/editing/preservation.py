@@ -108,6 +108,7 @@ class PreservationLoss:
         return readings | {term.name: term.model(images, crop_points) for term in self.terms}
 
     @torch.no_grad()
+    @torch.no_grad()
     def reference(self, source_latents: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the sources read as, the constants every edit of them is compared with."""
         return self._read(source_latents)

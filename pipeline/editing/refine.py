@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.editing.hfld import mkldnn_disabled
 from pipeline.editing.latent_classifier import LatentClassifier
 from pipeline.editing.preservation import PreservationLoss
 from pipeline.errors import ConfigError, ImageError
@@ -97,23 +96,22 @@ def refine_edits(
     def measure(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return preservation(latents, reference, reduction="none"), classifier(latents)[:, target]
 
-    with mkldnn_disabled():
-        with torch.no_grad():
-            preservation_before, logit_before = measure(edited)
-        for step in range(config.steps):
-            latents = edited + offset
-            preservation_term, logit = measure(latents)
-            objective = (
-                preservation_term
-                + config.target_weight * torch.relu(config.margin - sign * logit)
-                + config.proximity_weight * offset.square().flatten(1).mean(dim=1)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            objective.sum().backward(inputs=[offset])
-            optimizer.step()
-            if callback is not None:
-                callback(step, objective.detach())
-        refined = (edited + offset).detach()
-        with torch.no_grad():
-            preservation_after, logit_after = measure(refined)
+    with torch.no_grad():
+        preservation_before, logit_before = measure(edited)
+    for step in range(config.steps):
+        latents = edited + offset
+        preservation_term, logit = measure(latents)
+        objective = (
+            preservation_term
+            + config.target_weight * torch.relu(config.margin - sign * logit)
+            + config.proximity_weight * offset.square().flatten(1).mean(dim=1)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        objective.sum().backward(inputs=[offset])
+        optimizer.step()
+        if callback is not None:
+            callback(step, objective.detach())
+    refined = (edited + offset).detach()
+    with torch.no_grad():
+        preservation_after, logit_after = measure(refined)
     return RefinementResult(refined, preservation_before, preservation_after, logit_before, logit_after)

@@ -42,7 +42,6 @@ from torch import nn
 
 from pipeline.editing.directions import check_latents
 from pipeline.editing.editor import LatentEditor
-from pipeline.editing.hfld import mkldnn_disabled
 from pipeline.editing.latent_classifier import LatentClassifier
 from pipeline.editing.preservation import PreservationLoss
 from pipeline.errors import CheckpointError, ConfigError
@@ -258,10 +257,9 @@ class EditorTrainer:
         config = self.config
         indices = batch_indices(len(self.latents), config.batch_size, seed=config.seed, step=self.step)
         source = self.latents[indices.to(self.latents.device)].to(self.device)
-        with mkldnn_disabled():
-            terms = self.losses(source, _random_state(config.seed, 1, self.step))
-            self.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward(inputs=list(self.editor.parameters()))
+        terms = self.losses(source, _random_state(config.seed, 1, self.step))
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward(inputs=list(self.editor.parameters()))
         self.optimizer.step()
         self.step += 1
         return {name: float(value.detach()) for name, value in terms.items()}
