@@ -95,7 +95,7 @@ class ImageWriter:
             with naming(path), open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         for directory in sorted({path.parent for path in written}):  # the renames
-            _fsync_directory(directory)
+            fsync_directory(directory)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -128,7 +128,8 @@ def _sync_filesystem(directory: Path) -> bool:
     return True
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make the renames and creations inside `directory` durable."""
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)

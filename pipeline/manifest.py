@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pipeline
 from data_schemas import SCHEMA_METADATA_KEY, Col, manifest_schema, schema_for_version
 from pipeline.errors import ManifestError, naming
+from pipeline.images import fsync_directory
 from pipeline.splits import assign_splits
 
 MANIFEST_DIR = "manifest"
@@ -75,7 +76,7 @@ def write_shard(table: pa.Table, path: Path) -> Path:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return path
 
 
@@ -158,11 +159,3 @@ def _checked_schema(path: Path) -> tuple[pa.Schema, str]:
     except (OSError, pa.ArrowInvalid) as error:
         raise ManifestError(f"{path}: not a readable Parquet file ({error})") from None
     return schema, validate_schema(schema, source=str(path))
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
