@@ -31,7 +31,7 @@ from pipeline.images import write_atomic
 from pipeline.splits import Split
 from pipeline.summary import CATEGORIES, NOT_SCORED, RunManifest, summarize, write_plots
 from pipeline.models.assets import REGISTRY, Asset
-from pipeline.layout import CARD_FILE, CONFIG_FILE, CONTACT_SHEET
+from pipeline.layout import CARD_FILE, CONFIG_FILE, CONTACT_SHEET, GENERATOR_FILE
 
 # Where cards were written before the card became the run's README; replaced when rewritten.
 _OLD_CARD_FILE = "dataset_card.md"
@@ -57,6 +57,7 @@ def write_card(run_dir: Path) -> Path:
     sections = [
         _header(summary, record),
         _config_section(record),
+        _generator_section(run_dir),
         _models_section(models),
         _counts_section(summary, split_rows),
         _expressions_section(summary, record),
@@ -140,6 +141,23 @@ def _config_section(record: dict[str, Any]) -> str:
         "## Config\n\nThe run id is a digest of this config (device and batch size excluded); running it "
         f"again resumes the run.\n\n```yaml\n{config}\n```"
     )
+
+
+def _generator_section(run_dir: Path) -> str:
+    """The generator's family, file format, architecture, latent space, truncation and W average."""
+    path = run_dir / GENERATOR_FILE
+    if not path.is_file():
+        return "## Generator\n\nNot recorded: the shards were made before exprlock recorded it; see the models table."
+    record = json.loads(path.read_text())
+    lines = ["## Generator", "", f"- **{record.get('family', 'unknown')}** `{record.get('name')}` (SHA-256 `{record.get('sha256')}`)"]
+    labels = (("format", "file format"), ("latent", "latent space"), ("resolution", "resolution (px)"),
+              ("truncation_psi", "truncation psi"), ("truncation_cutoff", "truncation cutoff (W+ rows)"),
+              ("noise_mode", "noise"), ("w_avg", "W average (the truncation centre)"))  # fmt: skip
+    lines += [f"- {label}: {record[key]}" for key, label in labels if key in record and record[key] is not None]
+    if "config" in record:
+        config = yaml.safe_dump(record["config"], sort_keys=False).rstrip()
+        lines += ["", "Architecture:", "", f"```yaml\n{config}\n```"]
+    return "\n".join(lines)
 
 
 def _models_section(models: list[dict[str, Any]]) -> str:

@@ -21,6 +21,7 @@ from pipeline.manifest import MANIFEST_DIR, shard_filename
 CONFIG_FILE = "config.json"
 CONTACT_SHEET = "contact_sheet.png"
 CARD_FILE = "README.md"
+GENERATOR_FILE = "generator.json"
 IMAGES_DIR = "images"
 
 
@@ -58,6 +59,15 @@ def prepare_run(config: RunConfig, run_dir: Path) -> Path:
 def run_complete(config: RunConfig, run_dir: Path) -> bool:
     """Whether every shard of the run is committed."""
     return all(shard_path(run_dir, index).exists() for index in range(shard_count(config)))
+
+
+def record_generator(run_dir: Path, record: dict[str, Any]) -> None:
+    """Write what the run's generator is (`FaceGenerator.describe` with its name and SHA-256) for
+    the dataset card; every shard writes the same record, so only a changed one is rewritten."""
+    path = Path(run_dir) / GENERATOR_FILE
+    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    if not path.is_file() or path.read_bytes() != data:
+        write_atomic(data, path)
 
 
 def other_run_error(run_dir: Path, previous: str | None, run_id: str) -> ConfigError:

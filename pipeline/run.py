@@ -19,7 +19,7 @@ import torch
 from data_schemas import CURRENT_VERSION, Col
 from pipeline.config import RunConfig
 from pipeline.images import ImageWriter, contact_sheet, encode_png, labelled_grid, read_png, write_atomic
-from pipeline.layout import CONTACT_SHEET, edit_image, shard_path, shard_seeds, source_image
+from pipeline.layout import CONTACT_SHEET, edit_image, record_generator, shard_path, shard_seeds, source_image
 from pipeline.ledger import record_shard, with_shard_metadata
 from pipeline.manifest import read_manifest, to_table, write_shard
 from pipeline.generators.factory import load_run_generator, resolve_device
@@ -64,6 +64,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     configure_threads()
     device = resolve_device(config.device)
     generator, generator_name, generator_sha = load_run_generator(config, str(device))
+    record_generator(run_dir, {"name": generator_name, "sha256": generator_sha, **generator.describe()})
     scorer = load_scorer(*config.scorer_settings(str(device))) if config.scoring.enabled else None
     specs = plan_edits(config)
     targets = plan_targets(config)

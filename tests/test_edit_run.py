@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import dataclasses
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from pipeline.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.factory import load_generator
 from pipeline.generators.base import FaceGenerator
-from pipeline.layout import prepare_run
+from pipeline.layout import GENERATOR_FILE, prepare_run
 from pipeline.run import generate_shard, write_contact_sheet
 from pipeline.scoring import load_scorer
 from pipeline.editing.files import editor_path
@@ -127,6 +129,12 @@ def test_w_plus_editing_runs_unchanged_on_a_stylegan2_checkpoint(tmp_path: Path)
     frame = read_manifest(run_dir).to_pandas()
     assert len(frame) == 3 * len(ALL_METHODS)
     assert all(list(shape) == [num_ws, w_dim] for shape in frame[Col.LATENT_SHAPE])
+    # The card says which StyleGAN2 it was and where its W average came from.
+    record = json.loads((run_dir / GENERATOR_FILE).read_text())
+    assert (record["family"], record["format"], record["config"]["resolution"]) == ("StyleGAN2", "rosinality", 32)
+    assert record["w_avg"] == "checkpoint" and record["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    card = write_card(run_dir).read_text()
+    assert "- **StyleGAN2** `stylegan2:stylegan2.pt`" in card and "- W average (the truncation centre): checkpoint" in card
     threshold = read_report(tmp_path / "models")["success_thresholds"]["skin_lightness"]
     for _, row in frame[frame[Col.EDITOR] == "editor_hfld"].iterrows():
         source = torch.tensor(row[Col.LATENT]).view(1, num_ws, w_dim)

@@ -130,6 +130,7 @@ def test_card_names_models_licences_counts_and_metrics(scored: tuple[Path, pd.Da
             assert (run_dir / line.split("](")[1].rstrip(")")).is_file(), line
     assert f"| {len(frame)} | 2 | 0..39 (40 unique) | {CURRENT_VERSION} |" in text
     assert "sources:\n  count: 40" in text  # the config that made it
+    assert "## Generator\n\nNot recorded" in text  # written by the manifest writer alone, not by a shard
 
 
 def test_provenance_keeps_a_user_supplied_model_apart(scored: tuple[Path, pd.DataFrame]) -> None:
@@ -143,6 +144,8 @@ def test_card_of_an_unscored_run_states_what_is_missing(unscored: Path) -> None:
     text = write_card(unscored).read_text()
     assert "carries no expression, identity or landmark scores" in text
     assert "64x64 faces learned from DigiFace-1M" in text
+    assert "- **DCGAN** `dcgan:dcgan-digiface`" in text and "- latent space: z ~ N(0, I) in R^100" in text
+    assert "- W average (the truncation centre): none: no mapping network" in text
 
 
 def test_card_names_the_terms_of_a_model_behind_the_editors_loss(scored: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:

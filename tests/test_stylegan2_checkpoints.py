@@ -127,6 +127,10 @@ def test_rosinality_training_checkpoint_estimates_the_w_average(
             checkpoint.tensors["mapping.w_avg"], generator.mapping.to_w(z).mean(0)
         )
     loaded = load_stylegan2(path)
+    described = loaded.describe()  # what the dataset card states
+    assert (described["family"], described["format"]) == ("StyleGAN2", "rosinality")
+    assert described["w_avg"] == checkpoint.w_avg_origin == "estimated: mean of 10000 mapped z (seed 0)"
+    assert generator.describe()["w_avg"].startswith("none")  # random weights, read from no file
     latents = generator.sample_latents([7, 8])
     assert torch.equal(images(loaded, latents), images(generator, latents))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +40,11 @@ class FaceGenerator(nn.Module, ABC):
     @abstractmethod
     def synthesize(self, latents: torch.Tensor) -> torch.Tensor:
         """Differentiable rendering: `(N, *latent_shape)` to float images `(N, 3, R, R)` in [-1, 1]."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a dataset card says of the generator: family, architecture, latent space, and
+        (where there is one) how the W average was obtained. Plain JSON values."""
+        return {"family": type(self).__name__, "resolution": self.resolution, "latent_shape": list(self.latent_shape)}
 
     @torch.no_grad()
     def render(self, latents: torch.Tensor) -> torch.Tensor:

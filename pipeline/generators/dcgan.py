@@ -10,6 +10,7 @@ Weights: asset `dcgan-digiface` (MIT code; DigiFace-1M training data is non-comm
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -58,6 +59,13 @@ class DCGANGenerator(FaceGenerator):
 
     def sample_latents(self, seeds: Sequence[int]) -> torch.Tensor:
         return seeded_normal(seeds, self.latent_shape).to(self.device)
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {
+            "family": "DCGAN",
+            "latent": f"z ~ N(0, I) in R^{LATENT_DIM}, one draw per seed",
+            "w_avg": "none: no mapping network and no truncation; z is drawn directly",
+        }
 
     def synthesize(self, latents: torch.Tensor) -> torch.Tensor:
         self.check_latents(latents)

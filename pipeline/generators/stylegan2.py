@@ -556,6 +556,21 @@ class StyleGAN2Generator(FaceGenerator):
         self.noise_mode = _check_noise_mode(noise_mode)
         self.mapping = MappingNetwork(config)
         self.synthesis = SynthesisNetwork(config)
+        # Where the weights came from; `load_stylegan2` sets both from the file it reads.
+        self.source_format = "none (weights not read from a file)"
+        self.w_avg_origin = "none (weights not read from a file)"
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {
+            "family": "StyleGAN2",
+            "format": self.source_format,
+            "config": self.config.to_dict(),
+            "latent": f"W+ ({self.num_ws} x {self.w_dim}) from z ~ N(0, I) in R^{self.config.z_dim}, one draw per seed",
+            "truncation_psi": self.truncation_psi,
+            "truncation_cutoff": self.truncation_cutoff,
+            "noise_mode": self.noise_mode,
+            "w_avg": self.w_avg_origin,
+        }
 
     def sample_latents(self, seeds: Sequence[int]) -> Tensor:
         """W+ latents (len(seeds), num_ws, w_dim): z per seed, mapped, truncated, broadcast."""

@@ -125,6 +125,7 @@ def load_stylegan2(
         noise_mode=noise_mode,
     )
     generator.load_state_dict(checkpoint.tensors, strict=True)
+    generator.source_format, generator.w_avg_origin = checkpoint.source_format, checkpoint.w_avg_origin
     return generator.requires_grad_(False).eval().to(device)
 
 
