@@ -593,14 +593,16 @@ def test_hostile_rosinality_archive_is_refused(
     assert not marker.exists()
 
 
-def test_stylegan3_and_unknown_options_are_refused(
+def test_stylegan3_resnet_conditional_and_unknown_options_are_refused_naming_what_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
 ) -> None:
     g_ema: Any = nvidia_generator(generator)
     g_ema.synthesis.input = persistent("SynthesisInput", {"w_dim": 32, "channels": 32, "size": 36})
     path = dump_nvidia(tmp_path / "sg3.pkl", training_snapshot(generator, g_ema), monkeypatch)
     with pytest.raises(
-        CheckpointError, match=r"'SynthesisInput' module.*StyleGAN3 generators are not supported"
+        CheckpointError,
+        match=r"a StyleGAN3 generator \(G_ema.synthesis.input is a 'SynthesisInput' module\); exprlock reads "
+        r"unconditional StyleGAN2 generators of the 'skip' architecture",
     ):
         load_stylegan2(path)
     g_ema = nvidia_generator(generator, extra_options={"magnitude_ema_beta": 0.999})
@@ -613,8 +615,13 @@ def test_stylegan3_and_unknown_options_are_refused(
     g_ema.synthesis.b8.architecture = "resnet"
     path = dump_nvidia(tmp_path / "resnet.pkl", training_snapshot(generator, g_ema), monkeypatch)
     with pytest.raises(
-        CheckpointError, match=r"G_ema.synthesis.b8.architecture is 'resnet', expected 'skip'"
+        CheckpointError, match=r"G_ema.synthesis.b8.architecture is 'resnet', expected 'skip': exprlock reads unconditional"
     ):
+        load_stylegan2(path)
+    g_ema = nvidia_generator(generator)
+    g_ema.c_dim = 10  # a class-conditional generator (e.g. 10 classes)
+    path = dump_nvidia(tmp_path / "conditional.pkl", training_snapshot(generator, g_ema), monkeypatch)
+    with pytest.raises(CheckpointError, match=r"G_ema.c_dim is 10, expected 0: a conditional generator; exprlock reads"):
         load_stylegan2(path)
 
 

@@ -716,6 +716,13 @@ class _NvidiaUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not used by network pickles")
 
 
+SUPPORTED = (
+    "exprlock reads unconditional StyleGAN2 generators of the 'skip' architecture (NVIDIA's "
+    "stylegan2-ada-pytorch and stylegan3 pickles of the StyleGAN2 config, rosinality .pt files, "
+    "exprlock safetensors)"
+)
+# Modules only StyleGAN3 (configs T and R) has: the Fourier-feature input and its layers.
+_STYLEGAN3_CLASSES = frozenset({"SynthesisInput"})
 _NVIDIA_G_CLASSES = frozenset(
     {"Generator", "MappingNetwork", "FullyConnectedLayer", "SynthesisNetwork", "SynthesisBlock",
      "SynthesisLayer", "ToRGBLayer"}
@@ -786,10 +793,11 @@ def _unpickle_nvidia(path: Path) -> Any:
 def _flatten_record(path: Path, record: _Record, prefix: str = "") -> dict[str, Any]:
     """Parameters and persistent buffers of a module record, under their dotted names."""
     if record.class_name not in _NVIDIA_G_CLASSES:
-        hint = " (StyleGAN3 generators are not supported)" if "Input" in record.class_name else ""
+        where = f"G_ema.{prefix.rstrip('.') or '<root>'} is a {record.class_name!r} module"
+        if record.class_name in _STYLEGAN3_CLASSES:
+            raise CheckpointError(f"{path}: a StyleGAN3 generator ({where}); {SUPPORTED}")
         raise CheckpointError(
-            f"{path}: G_ema.{prefix or '<root>'} is a {record.class_name!r} module; expected "
-            f"one of {sorted(_NVIDIA_G_CLASSES)}{hint}"
+            f"{path}: {where}, not one of a StyleGAN2 generator's {sorted(_NVIDIA_G_CLASSES)}; {SUPPORTED}"
         )
     state = record.state
     skip = set(state.get("_non_persistent_buffers_set") or ())
@@ -817,7 +825,7 @@ def _nvidia_config(path: Path, generator: _Record, source: Mapping[str, Any]) ->
         "G_ema.c_dim",
         _attr(path, generator, "c_dim"),
         0,
-        "conditional generators are not supported",
+        f"a conditional generator; {SUPPORTED}",
     )
     _require(
         path,
@@ -838,7 +846,7 @@ def _nvidia_config(path: Path, generator: _Record, source: Mapping[str, Any]) ->
     for res in resolutions:
         block = _child(path, synthesis, f"b{res}")
         _require(
-            path, f"G_ema.synthesis.b{res}.architecture", _attr(path, block, "architecture"), "skip"
+            path, f"G_ema.synthesis.b{res}.architecture", _attr(path, block, "architecture"), "skip", SUPPORTED
         )
         for name in ("conv0", "conv1") if res > 4 else ("conv1",):
             layer = _child(path, block, name)
