@@ -26,7 +26,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 import pipeline
 from data_schemas import Col
-from pipeline.huggingface import LEFT_OUT, VIEW_FILES, configs, licence_fields, size_category, write_views
+from pipeline.huggingface import VIEW_FILES, configs, licence_fields, size_category, write_views
 from pipeline.images import write_atomic
 from pipeline.splits import Split
 from pipeline.summary import CATEGORIES, NOT_SCORED, RunManifest, summarize, write_plots
@@ -52,8 +52,7 @@ def write_card(run_dir: Path) -> Path:
     plots = write_plots(manifest)
     models = model_provenance(manifest)
     record = _config_record(run_dir)
-    names = [n for n in manifest.dataset.schema.names if n not in LEFT_OUT]
-    split_rows = write_views(run_dir, manifest.dataset.to_table(columns=names))
+    split_rows = write_views(run_dir, manifest.dataset)
     sections = [
         _header(summary, record),
         _config_section(record),

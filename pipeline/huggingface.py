@@ -16,16 +16,19 @@ card whenever the manifest changes.
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from data_schemas import EMOTION_LABELS, Col
-from pipeline.images import write_atomic
+from pipeline.images import fsync_directory
 from pipeline.layout import IMAGES_DIR
 from pipeline.splits import SPLITS, Split, assign_splits
 
@@ -42,23 +45,45 @@ LICENCE_ORDER = ("cc0-1.0", "mit", "apache-2.0", "unknown", "other")
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
 
 
-def write_views(run_dir: Path, table: pa.Table) -> dict[Split, int]:
-    """Write the per-split views of the manifest `table` into `run_dir`; rows per split.
+def write_views(run_dir: Path, manifest: ds.Dataset, *, batch_rows: int = 65_536) -> dict[Split, int]:
+    """Write the per-split views of the `manifest` dataset into `run_dir`; rows per split.
 
-    `datasets` refuses a split without rows, so an empty split has no view (a stale one goes).
+    The manifest is streamed in batches of `batch_rows`, so memory stays bounded however large
+    the run. Each view is written under a temporary name, synced and renamed into place, so a
+    reader sees the old view or the new one. `datasets` refuses a split without rows, so an
+    empty split has no view (a stale one goes).
     """
-    view = view_table(table)
-    splits = assign_splits(table.column(Col.SEED).to_numpy())
-    rows: dict[Split, int] = {}
-    for split, name in VIEW_FILES.items():
-        part = view.filter(pa.array(splits == split, type=pa.bool_()))
-        rows[split] = part.num_rows
-        if not part.num_rows:
-            (Path(run_dir) / name).unlink(missing_ok=True)
-            continue
-        sink = pa.BufferOutputStream()
-        pq.write_table(part, sink)
-        write_atomic(sink.getvalue().to_pybytes(), Path(run_dir) / name)
+    run_dir = Path(run_dir)
+    columns = [name for name in manifest.schema.names if name not in LEFT_OUT]
+    temps = {split: run_dir / f".{name}.{uuid.uuid4().hex}.tmp" for split, name in VIEW_FILES.items()}
+    writers: dict[Split, pq.ParquetWriter] = {}
+    rows = dict.fromkeys(SPLITS, 0)
+    try:
+        for batch in manifest.to_batches(columns=columns, batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            view, splits = view_table(table), assign_splits(table.column(Col.SEED).to_numpy())
+            for split in SPLITS:
+                part = view.filter(pa.array(splits == split, type=pa.bool_()))
+                if part.num_rows:
+                    if split not in writers:
+                        writers[split] = pq.ParquetWriter(temps[split], part.schema)
+                    writers[split].write_table(part)
+                    rows[split] += part.num_rows
+        for split, writer in writers.items():
+            writer.close()
+            with open(temps[split], "rb") as handle:
+                os.fsync(handle.fileno())
+        for split, name in VIEW_FILES.items():
+            if rows[split]:
+                os.replace(temps[split], run_dir / name)
+            else:
+                (run_dir / name).unlink(missing_ok=True)
+    finally:
+        for writer in writers.values():
+            writer.close()  # a no-op when closed already
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+    fsync_directory(run_dir)
     return rows
 
 

@@ -14,7 +14,7 @@ import pytest
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.card import model_provenance, write_card
 from pipeline.dataset import ManifestDataset
-from pipeline.huggingface import VIEW_FILES, licence_fields, size_category
+from pipeline.huggingface import VIEW_FILES, licence_fields, size_category, write_views
 from pipeline.images import read_png
 from pipeline.layout import CARD_FILE
 from pipeline.models.assets import REGISTRY
@@ -146,6 +146,24 @@ def test_rewriting_the_card_replaces_stale_views(carded: tuple[Path, pd.DataFram
     write_card(run_dir)
     assert not (run_dir / "dataset_card.md").exists()
     assert {name: (run_dir / name).read_bytes() for name in VIEW_FILES.values()} == before  # derived from the manifest alone
+
+
+def test_views_are_streamed_in_batches_with_the_same_rows(carded: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    """A large run never holds its whole manifest in memory: batches of 7 rows give the same views."""
+    import pyarrow.parquet as pq
+
+    run_dir, frame = carded
+    whole = {split: pq.read_table(run_dir / name) for split, name in VIEW_FILES.items()}
+    streamed_dir = tmp_path / "streamed"
+    streamed_dir.mkdir()
+    rows = write_views(streamed_dir, RunManifest.read(run_dir).dataset, batch_rows=7)
+    assert sum(rows.values()) == len(frame)
+    for split, name in VIEW_FILES.items():
+        streamed = pq.read_table(streamed_dir / name)
+        assert streamed.num_rows == rows[split] == whole[split].num_rows
+        assert streamed.equals(whole[split]) and streamed.schema.metadata == whole[split].schema.metadata
+        assert pq.ParquetFile(streamed_dir / name).metadata.num_row_groups > 1 or rows[split] <= 7
+    assert not list(streamed_dir.glob(".*.tmp"))
 
 
 def frame_run_id(run_dir: Path) -> str:
