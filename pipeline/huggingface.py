@@ -42,7 +42,8 @@ _CLASS_COLUMNS = (Col.EMOTION_SOURCE, Col.EMOTION_EDIT, Col.EXPRESSION_TARGET)
 # Hugging Face licence ids from least to most restrictive: public domain, permissive with notice,
 # permissive with notice and patent terms, terms nobody recorded, terms that restrict use.
 LICENCE_ORDER = ("cc0-1.0", "mit", "apache-2.0", "unknown", "other")
-_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+_SIZE_CATEGORIES = ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                    (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"))  # fmt: skip
 
 
 def write_views(run_dir: Path, manifest: ds.Dataset, *, batch_rows: int = 65_536) -> dict[Split, int]:
@@ -119,7 +120,7 @@ def size_category(rows: int) -> str:
     for bound, name in _SIZE_CATEGORIES:
         if rows < bound:
             return name
-    return "n>1M"
+    return "1B<n<10B"
 
 
 def licence_fields(models: Iterable[dict[str, Any]]) -> dict[str, str]:

@@ -133,9 +133,11 @@ def test_the_declared_licence_is_the_most_restrictive_one(carded: tuple[Path, pd
 
 
 def test_size_categories_follow_hugging_face_buckets() -> None:
-    assert [size_category(n) for n in (0, 999, 1000, 99_999, 100_000, 2_000_000)] == [
-        "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "n>1M",
-    ]  # fmt: skip
+    known = json.loads((Path(__import__("datasets").__file__).parent / "utils/resources/size_categories.json").read_text())
+    counts = (0, 999, 1000, 99_999, 100_000, 2_000_000, 50_000_000, 10**9)
+    named = [size_category(n) for n in counts]
+    assert named == ["n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "1B<n<10B"]
+    assert set(named) <= set(known)
 
 
 def test_rewriting_the_card_replaces_stale_views(carded: tuple[Path, pd.DataFrame]) -> None:
