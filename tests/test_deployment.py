@@ -244,7 +244,9 @@ def test_two_workers_share_a_run_submitted_in_shard_ranges(deployed: Server, tmp
 def test_interrupting_a_submission_cancels_its_child_runs(deployed: Server, tmp_path: Path) -> None:
     deployed.start(str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--limit", "1", "--name", "worker-c",
                    log=tmp_path / "worker-c.log")  # fmt: skip
-    config = _config(tmp_path / "many.yaml", count=64, shard_size=4)
+    # Enough work per child (32 shards) that a child is still running when its cancellation
+    # reaches the worker: a child that finished first would rightly end COMPLETED.
+    config = _config(tmp_path / "many.yaml", count=256, shard_size=4)
     out = tmp_path / "run"
     command = [str(BIN / "exprlock"), "generate", "--config", str(config), "--out", str(out), "--submit", "2"]
     process = subprocess.Popen(command, cwd=REPO, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
