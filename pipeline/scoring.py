@@ -187,6 +187,7 @@ class FaceScorer:
         self.embedding_size = EMBEDDING_DIM if isinstance(self.identity, IdentityEncoder) else self.identity.dim
         self.detector = FaceDetector()
         self.adience = AdienceGenderAge(self.device) if attributes else None
+        self._provenance: list[dict[str, str]] | None = None
 
     def _placed(self, model: torch.nn.Module) -> torch.nn.Module:
         """On the scorer's device in inference mode; channels-last on the CPU, where oneDNN runs
@@ -269,7 +270,16 @@ class FaceScorer:
         return np.stack([np.asarray(columns[name], dtype=np.float32) for name in ATTRIBUTE_NAMES], axis=1)
 
     def provenance(self) -> list[dict[str, str]]:
-        """Which model file, digest and licence stands behind each score (for the manifest)."""
+        """Which model file, digest and licence stands behind each score (for the manifest).
+
+        Worked out once per scorer: a full-size backend's digest reads its weights file (ArcFace's
+        is 166 MB), and shards ask for every batch.
+        """
+        if self._provenance is None:
+            self._provenance = self._model_records()
+        return [dict(record) for record in self._provenance]
+
+    def _model_records(self) -> list[dict[str, str]]:
         records = [_asset_record(role, name) for role, name in _MODEL_ROLES if self._uses(role)]
         for role, model in (("emotion", self.emotion), ("identity", self.identity)):
             if isinstance(model, (DeepFaceEmotion, ArcFaceIdentity)):
