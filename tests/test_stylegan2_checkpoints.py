@@ -35,7 +35,7 @@ from pipeline.generators.stylegan2_checkpoints import (
     load_stylegan2,
     read_checkpoint,
 )
-from pipeline.generators.stylegan2_checkpoints import _unpickle_nvidia
+from pipeline.generators.nvidia_pickle import unpickle_nvidia
 from stylegan2_fixtures import (
     CHANNEL_BASE,
     CHANNEL_MAX,
@@ -461,7 +461,7 @@ def test_numpy_attributes_decode_under_every_protocol(
             monkeypatch,
             protocol=protocol,
         )
-        record = _unpickle_nvidia(path)["G_ema"]
+        record = unpickle_nvidia(path)["G_ema"]
         b8 = record.state["_modules"]["synthesis"].state["_modules"]["b8"].state
         for name, value in values.items():
             decoded = b8[name]

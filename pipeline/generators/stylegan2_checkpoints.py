@@ -12,14 +12,8 @@ The format is recognised from the file's content (magic bytes, then structure), 
   carries attributes.
 - **nvidia** (NVlabs/stylegan2-ada-pytorch, NVlabs/stylegan3, TensorFlow networks converted by their
   `legacy.py`): a pickle of a dict with `G`, `D`, `G_ema`, `augment_pipe` and `training_set_kwargs`.
-  NVIDIA pickles each network together with the source code of its module
-  (`torch_utils.persistence`) and normally rebuilds it by executing that code. Here a restricted
-  unpickler maps the few globals such a file needs to inert stand-ins: a persistence record becomes
-  a `_Record` holding the class name and the module state (`_parameters`, `_buffers`, `_modules`,
-  attributes, `_init_kwargs`); tensors are rebuilt through `torch.load(weights_only=True)`; numpy
-  scalars and arrays are decoded from their bytes (numeric types only). Every pickle protocol from
-  2 to 5 is read: each global a protocol names is in an allow-list with its reason
-  (`_PICKLE_GLOBALS`). The stored source is dropped unread, and any other global is refused.
+  Networks are read as inert records by `pipeline.generators.nvidia_pickle`, which runs no code
+  from the file.
   Only `G_ema` (the weight average used for inference) is read.
 - **safetensors**: exprlock's own format, written by `convert_checkpoint`, with the architecture
   (`StyleGAN2Config.to_dict()` as JSON) and the provenance in the header metadata.
@@ -39,11 +33,7 @@ and NVIDIA's `training/networks.py` / `legacy.py` / `torch_utils/persistence.py`
 
 from __future__ import annotations
 
-import _compat_pickle
 import argparse
-import collections
-import hashlib
-import io
 import json
 import math
 import os
@@ -56,19 +46,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 from pipeline.errors import CheckpointError, ConfigError
+from pipeline.generators.checkpoint_files import describe, file_digest, one_line_reason
 from pipeline.generators.stylegan2 import (
     MappingNetwork,
     NoiseMode,
     StyleGAN2Config,
     StyleGAN2Generator,
     make_filter,
+)
+from pipeline.generators.nvidia_pickle import (
+    Record,
+    attr,
+    child,
+    flatten_record,
+    require,
+    unpickle_nvidia,
 )
 
 CheckpointFormat = Literal["rosinality", "nvidia", "safetensors"]
@@ -148,7 +146,7 @@ def convert_checkpoint(
         "config": json.dumps(checkpoint.config.to_dict(), sort_keys=True),
         "source_format": checkpoint.source_format,
         "source_file": src_path.name,
-        "source_sha256": _sha256(src_path),
+        "source_sha256": file_digest(src_path),
         "w_avg": checkpoint.w_avg_origin,
     }
     tensors = {
@@ -236,7 +234,7 @@ def _map_tensors(
         value = source[key]
         if not isinstance(value, Tensor) or not value.is_floating_point():
             raise CheckpointError(
-                f"{path}: {key!r}: expected a float tensor, found {_describe(value)}"
+                f"{path}: {key!r}: expected a float tensor, found {describe(value)}"
             )
         want, found = shape_rule(shape), tuple(value.shape)
         if found != want:
@@ -269,7 +267,7 @@ def _complete_w_avg(
     if w_avg is not None:
         if not isinstance(w_avg, Tensor) or tuple(w_avg.shape) != (config.w_dim,):
             raise CheckpointError(
-                f"{path}: W average: expected shape ({config.w_dim},), found {_describe(w_avg)}"
+                f"{path}: W average: expected shape ({config.w_dim},), found {describe(w_avg)}"
             )
         tensors["mapping.w_avg"] = w_avg.detach().to(torch.float32)
         return "checkpoint"
@@ -290,20 +288,6 @@ def _make_config(path: Path, **options: Any) -> StyleGAN2Config:
         return StyleGAN2Config(**options)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: unsupported architecture: {exc}") from exc
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def _strip_wrappers(key: str) -> str:
@@ -404,17 +388,8 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(
-            f"{path}: cannot read the torch archive: {_one_line_reason(exc)}"
+            f"{path}: cannot read the torch archive: {one_line_reason(exc)}"
         ) from exc
-
-
-def _one_line_reason(exc: BaseException) -> str:
-    """One line out of an error, e.g. torch.load's multi-paragraph weights-only message."""
-    text = str(exc)
-    if match := re.search(r"GLOBAL ([\w.]+)", text):
-        return f"it refers to {match[1]}, which is not on the weights-only allowlist"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _rosinality_parts(
@@ -423,7 +398,7 @@ def _rosinality_parts(
     """The generator state dict, latent_avg and training options, from any rosinality layout."""
     if not isinstance(content, Mapping):
         raise CheckpointError(
-            f"{path}: expected a dict in the torch archive, found {_describe(content)}"
+            f"{path}: expected a dict in the torch archive, found {describe(content)}"
         )
     content = _unwrap_keys(path, content)
     if "g_ema" in content:
@@ -500,7 +475,7 @@ def _rosinality_latent_avg(path: Path, value: Any, config: StyleGAN2Config) -> T
     if not isinstance(value, Tensor) or value.shape[-1:] != (config.w_dim,) or value.ndim > 2:
         raise CheckpointError(
             f"{path}: latent_avg: expected shape ({config.w_dim},) or (rows, {config.w_dim}), "
-            f"found {_describe(value)}"
+            f"found {describe(value)}"
         )
     rows = value.reshape(-1, config.w_dim)
     if not torch.equal(rows, rows[:1].expand_as(rows)):
@@ -510,210 +485,6 @@ def _rosinality_latent_avg(path: Path, value: Any, config: StyleGAN2Config) -> T
 
 # --------------------------------------------------------------------------------------------
 # NVIDIA stylegan2-ada-pytorch / stylegan3 pickles
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    """Inert stand-in for an object that NVIDIA's persistence would rebuild by running code."""
-
-    class_name: str
-    state: dict[str, Any]
-
-
-class _EasyDict(dict):  # type: ignore[type-arg]
-    """Stand-in for `dnnlib.util.EasyDict`, which pickles as a plain dict subclass."""
-
-
-class _NumpyDType:
-    """Stand-in for `numpy.dtype`: keeps the type code and byte order that decoding needs.
-
-    Pickles call it as `dtype(code, align, copy)`; the two flags do not matter for plain numbers.
-    """
-
-    def __init__(self, code: str, align: bool = False, copy: bool = False) -> None:
-        self.code = code
-        self.byte_order = "="
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.byte_order = state[1]
-
-    def numpy(self) -> np.dtype[Any]:
-        """The real dtype, for numeric codes only (object and structured dtypes carry code)."""
-        if self.code not in _NUMPY_CODES:
-            raise pickle.UnpicklingError(f"unsupported numpy dtype {self.code!r}")
-        order = ">" if self.byte_order == ">" else "<"
-        return np.dtype(self.code).newbyteorder(order)
-
-
-_NUMPY_CODES = frozenset({"f8", "f4", "f2", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1"})
-
-
-def _numpy_scalar(dtype: _NumpyDType, data: bytes) -> float | int | bool:
-    """Decode a pickled numpy scalar (NVIDIA stores gains as `np.float64`) from its bytes."""
-    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes):
-        raise pickle.UnpicklingError("malformed numpy scalar")
-    return np.frombuffer(data, dtype=dtype.numpy(), count=1)[0].item()
-
-
-def _numpy_array(dtype: Any, data: Any, shape: Any, fortran: bool) -> np.ndarray:
-    """A numeric array from its raw bytes; object arrays (pickled element by element) refused."""
-    if not isinstance(dtype, _NumpyDType):
-        raise pickle.UnpicklingError("numpy array without a dtype")
-    numeric = dtype.numpy()
-    if not isinstance(data, bytes | bytearray):
-        raise pickle.UnpicklingError("numpy array without raw data")
-    flat = np.frombuffer(bytes(data), dtype=numeric)
-    native = flat.astype(flat.dtype.newbyteorder("="))
-    return native.reshape(tuple(shape), order="F" if fortran else "C")
-
-
-class _NumpyArrayType:
-    """Stand-in for the `numpy.ndarray` class named in `_reconstruct(ndarray, ...)`."""
-
-
-class _NumpyArray:
-    """What `numpy...multiarray._reconstruct` returns: filled by `__setstate__` (protocols 2-4).
-
-    The decoded array is `value`; record attributes are unwrapped to it by `_persistent_record`.
-    """
-
-    def __init__(self) -> None:
-        self.value: np.ndarray | None = None
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise pickle.UnpicklingError("malformed numpy array state")
-        shape, dtype, fortran, data = state[-4:]
-        self.value = _numpy_array(dtype, data, shape, bool(fortran))
-
-
-def _numpy_reconstruct(subtype: Any, shape: Any, typecode: Any) -> _NumpyArray:
-    if subtype is not _NumpyArrayType:
-        raise pickle.UnpicklingError("numpy array subclass")
-    return _NumpyArray()
-
-
-def _numpy_frombuffer(data: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
-    """Protocol 5 writes contiguous arrays as `_frombuffer(buffer, dtype, shape, order)`."""
-    return _numpy_array(dtype, data, shape, order == "F")
-
-
-def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
-    """Protocol 2 has no bytes opcode and writes `bytes` as `_codecs.encode(text, 'latin1')`."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode is allowed only to rebuild latin-1 bytes")
-    return text.encode("latin-1")
-
-
-def _persistent_record(meta: Any) -> _Record:
-    """Replaces `torch_utils.persistence._reconstruct_persistent_obj`; `module_src` is ignored."""
-    if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise pickle.UnpicklingError("malformed persistence record")
-    class_name, state = meta.get("class_name"), meta.get("state")
-    if not isinstance(class_name, str) or not isinstance(state, dict):
-        raise pickle.UnpicklingError("persistence record without class name or state")
-    plain = {k: v.value if isinstance(v, _NumpyArray) else v for k, v in state.items()}
-    return _Record(class_name, plain)
-
-
-def _storage_from_bytes(data: bytes) -> Any:
-    """Replaces `torch.storage._load_from_bytes` with a weights-only load of the same bytes."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def _rebuild_tensor(
-    storage: Any, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any
-) -> Tensor:
-    """Replaces `torch._utils._rebuild_tensor_v2`; gradient flags and hooks are not needed."""
-    if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
-        raise pickle.UnpicklingError(f"tensor storage is a {type(storage).__name__}")
-    dtype = storage.dtype if isinstance(storage, torch.TypedStorage) else torch.uint8
-    return torch.empty(0, dtype=dtype).set_(storage, offset, tuple(size), tuple(stride))
-
-
-def _rebuild_parameter(data: Tensor, *_: Any) -> Tensor:
-    """Replaces `torch._utils._rebuild_parameter(_with_state)`: the data is all that is used."""
-    if not isinstance(data, Tensor):
-        raise pickle.UnpicklingError("parameter without tensor data")
-    return data
-
-
-class _TensorType:
-    """Stand-in for the classes named by `torch._tensor._rebuild_from_type_v2`."""
-
-
-def _rebuild_from_type(
-    func: Callable[..., Tensor], new_type: Any, args: tuple[Any, ...], state: Any
-) -> Tensor:
-    if new_type is not _TensorType or func not in (_rebuild_tensor, _rebuild_parameter):
-        raise pickle.UnpicklingError("tensor subclass")
-    return func(*args)
-
-
-@dataclass(frozen=True)
-class _Allowed:
-    """A global an NVIDIA pickle may name: what it resolves to here, and why it is needed."""
-
-    stand_in: Any
-    reason: str
-
-
-# Every global any pickle protocol from 2 to 5 uses for a network record. Protocols 2 and 3
-# (Python 3.7's default, which stylegan2-ada-pytorch recommends) have no opcodes for sets and
-# (protocol 2) bytes, so they name builtins for them; numpy 1 and numpy 2 name their modules
-# differently. Anything not listed is refused without being resolved.
-_PICKLE_GLOBALS: dict[tuple[str, str], _Allowed] = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _Allowed(
-        _persistent_record, "every network module; becomes an inert record, its source unread"),
-    ("dnnlib.util", "EasyDict"): _Allowed(_EasyDict, "init kwargs and training options"),
-    ("collections", "OrderedDict"): _Allowed(
-        collections.OrderedDict, "module parameter, buffer and submodule tables"),
-    ("builtins", "set"): _Allowed(set, "`_non_persistent_buffers_set` under protocols 2-3"),
-    ("builtins", "frozenset"): _Allowed(frozenset, "frozen sets under protocols 2-3"),
-    ("_codecs", "encode"): _Allowed(_latin1_bytes, "bytes under protocol 2 (latin-1 only)"),
-    ("torch.storage", "_load_from_bytes"): _Allowed(
-        _storage_from_bytes, "tensor storage, read by a weights-only torch.load"),
-    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(_rebuild_tensor, "tensors"),
-    ("torch._utils", "_rebuild_parameter"): _Allowed(_rebuild_parameter, "parameters"),
-    ("torch._utils", "_rebuild_parameter_with_state"): _Allowed(
-        _rebuild_parameter, "parameters with extra state"),
-    ("torch._tensor", "_rebuild_from_type_v2"): _Allowed(
-        _rebuild_from_type, "tensors pickled with their (plain) type"),
-    ("torch", "Tensor"): _Allowed(_TensorType, "the plain tensor type"),
-    ("torch.nn.parameter", "Parameter"): _Allowed(_TensorType, "the parameter type"),
-    ("numpy", "dtype"): _Allowed(_NumpyDType, "the type of numpy scalars and arrays"),
-    ("numpy", "ndarray"): _Allowed(_NumpyArrayType, "the class of pickled numpy arrays"),
-    ("numpy.core.multiarray", "scalar"): _Allowed(_numpy_scalar, "numpy scalars (numpy 1)"),
-    ("numpy._core.multiarray", "scalar"): _Allowed(_numpy_scalar, "numpy scalars (numpy 2)"),
-    ("numpy.core.multiarray", "_reconstruct"): _Allowed(
-        _numpy_reconstruct, "numpy arrays, protocols 2-4 (numpy 1)"),
-    ("numpy._core.multiarray", "_reconstruct"): _Allowed(
-        _numpy_reconstruct, "numpy arrays, protocols 2-4 (numpy 2)"),
-    ("numpy.core.numeric", "_frombuffer"): _Allowed(
-        _numpy_frombuffer, "numpy arrays, protocol 5 (numpy 1)"),
-    ("numpy._core.numeric", "_frombuffer"): _Allowed(
-        _numpy_frombuffer, "numpy arrays, protocol 5 (numpy 2)"),
-}  # fmt: skip
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
-
-
-class _NvidiaUnpickler(pickle.Unpickler):
-    """Resolves only the globals in `_PICKLE_GLOBALS`; everything else is refused unresolved."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Protocol 2 writes Python 2 names (`__builtin__.set`); map them as pickle itself would.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        try:
-            return _PICKLE_GLOBALS[(module, name)].stand_in
-        except KeyError:
-            raise _RefusedGlobal(f"{module}.{name}") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not used by network pickles")
 
 
 SUPPORTED = (
@@ -746,15 +517,15 @@ _NVIDIA_TOP_LEVEL = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
 
 
 def _read_nvidia(path: Path) -> Checkpoint:
-    data = _unpickle_nvidia(path)
+    data = unpickle_nvidia(path)
     generator = data.get("G_ema") if isinstance(data, dict) else None
-    if not isinstance(generator, _Record) or generator.class_name != "Generator":
-        found = sorted(map(str, data)) if isinstance(data, dict) else _describe(data)
+    if not isinstance(generator, Record) or generator.class_name != "Generator":
+        found = sorted(map(str, data)) if isinstance(data, dict) else describe(data)
         raise CheckpointError(
             f"{path}: expected a dict with a 'G_ema' Generator network "
             f"(keys {list(_NVIDIA_TOP_LEVEL)}), found {found}"
         )
-    source = _flatten_record(path, generator)
+    source = flatten_record(path, generator, lambda where, record: _check_module(path, where, record))
     config = _nvidia_config(path, generator, source)
     expected = _expected_shapes(config)
     del expected["mapping.w_avg"]  # absent when the network was built without tracking it
@@ -770,91 +541,56 @@ def _read_nvidia(path: Path) -> Checkpoint:
     return Checkpoint(config, tensors, "nvidia", origin)
 
 
-def _unpickle_nvidia(path: Path) -> Any:
-    try:
-        with path.open("rb") as handle:
-            return _NvidiaUnpickler(handle).load()
-    except _RefusedGlobal as exc:
-        hint = ""
-        if str(exc).startswith("dnnlib.tflib"):
-            hint = "; this is a TensorFlow pickle: convert it with NVIDIA's legacy.py first"
-        raise CheckpointError(
-            f"{path}: refused to unpickle {exc}: only StyleGAN2 network records, tensors and plain "
-            f"containers are read from NVIDIA pickles, and no code in them is run{hint}"
-        ) from None
-    except CheckpointError:
-        raise
-    except Exception as exc:  # a damaged pickle can raise nearly any exception type
-        raise CheckpointError(
-            f"{path}: not a readable NVIDIA network pickle ({_one_line_reason(exc)})"
-        ) from None
+def _check_module(path: Path, where: str, record: Record) -> None:
+    """Refuse a module a StyleGAN2 generator does not have, naming StyleGAN3 when it is one."""
+    if record.class_name in _NVIDIA_G_CLASSES:
+        return
+    found = f"G_ema.{where} is a {record.class_name!r} module"
+    if record.class_name in _STYLEGAN3_CLASSES:
+        raise CheckpointError(f"{path}: a StyleGAN3 generator ({found}); {SUPPORTED}")
+    raise CheckpointError(
+        f"{path}: {found}, not one of a StyleGAN2 generator's {sorted(_NVIDIA_G_CLASSES)}; {SUPPORTED}"
+    )
 
 
-def _flatten_record(path: Path, record: _Record, prefix: str = "") -> dict[str, Any]:
-    """Parameters and persistent buffers of a module record, under their dotted names."""
-    if record.class_name not in _NVIDIA_G_CLASSES:
-        where = f"G_ema.{prefix.rstrip('.') or '<root>'} is a {record.class_name!r} module"
-        if record.class_name in _STYLEGAN3_CLASSES:
-            raise CheckpointError(f"{path}: a StyleGAN3 generator ({where}); {SUPPORTED}")
-        raise CheckpointError(
-            f"{path}: {where}, not one of a StyleGAN2 generator's {sorted(_NVIDIA_G_CLASSES)}; {SUPPORTED}"
-        )
-    state = record.state
-    skip = set(state.get("_non_persistent_buffers_set") or ())
-    tensors: dict[str, Any] = {}
-    for group in ("_parameters", "_buffers"):
-        for name, value in (state.get(group) or {}).items():
-            if value is not None and name not in skip:
-                tensors[prefix + name] = value
-    for name, child in (state.get("_modules") or {}).items():
-        if child is None:
-            continue
-        if not isinstance(child, _Record):
-            raise CheckpointError(
-                f"{path}: G_ema.{prefix}{name} is a {_describe(child)}, not a network module"
-            )
-        tensors |= _flatten_record(path, child, f"{prefix}{name}.")
-    return tensors
-
-
-def _nvidia_config(path: Path, generator: _Record, source: Mapping[str, Any]) -> StyleGAN2Config:
+def _nvidia_config(path: Path, generator: Record, source: Mapping[str, Any]) -> StyleGAN2Config:
     """Architecture from G_ema's module attributes and tensor shapes, refusing what we lack."""
     options = _nvidia_options(path, generator)
-    _require(
+    require(
         path,
         "G_ema.c_dim",
-        _attr(path, generator, "c_dim"),
+        attr(path, generator, "c_dim"),
         0,
         f"a conditional generator; {SUPPORTED}",
     )
-    _require(
+    require(
         path,
         "G_ema.img_channels",
-        _attr(path, generator, "img_channels"),
+        attr(path, generator, "img_channels"),
         3,
         "RGB output is required",
     )
-    mapping = _child(path, generator, "mapping")
-    synthesis = _child(path, generator, "synthesis")
-    num_layers = int(_attr(path, mapping, "num_layers"))
-    fc_layers = [_child(path, mapping, f"fc{i}") for i in range(num_layers)]
+    mapping = child(path, generator, "mapping")
+    synthesis = child(path, generator, "synthesis")
+    num_layers = int(attr(path, mapping, "num_layers"))
+    fc_layers = [child(path, mapping, f"fc{i}") for i in range(num_layers)]
     for i, layer in enumerate(fc_layers):
-        _require(path, f"G_ema.mapping.fc{i}.activation", _attr(path, layer, "activation"), "lrelu")
-    lr_multiplier = float(_attr(path, fc_layers[0], "bias_gain"))
-    resolutions = [int(r) for r in _attr(path, synthesis, "block_resolutions")]
+        require(path, f"G_ema.mapping.fc{i}.activation", attr(path, layer, "activation"), "lrelu")
+    lr_multiplier = float(attr(path, fc_layers[0], "bias_gain"))
+    resolutions = [int(r) for r in attr(path, synthesis, "block_resolutions")]
     clamps = set()
     for res in resolutions:
-        block = _child(path, synthesis, f"b{res}")
-        _require(
-            path, f"G_ema.synthesis.b{res}.architecture", _attr(path, block, "architecture"), "skip", SUPPORTED
+        block = child(path, synthesis, f"b{res}")
+        require(
+            path, f"G_ema.synthesis.b{res}.architecture", attr(path, block, "architecture"), "skip", SUPPORTED
         )
         for name in ("conv0", "conv1") if res > 4 else ("conv1",):
-            layer = _child(path, block, name)
+            layer = child(path, block, name)
             where = f"G_ema.synthesis.b{res}.{name}"
-            _require(path, f"{where}.activation", _attr(path, layer, "activation"), "lrelu")
-            _require(path, f"{where}.use_noise", _attr(path, layer, "use_noise"), True)
-            clamps.add(_attr(path, layer, "conv_clamp"))
-        clamps.add(_attr(path, _child(path, block, "torgb"), "conv_clamp"))
+            require(path, f"{where}.activation", attr(path, layer, "activation"), "lrelu")
+            require(path, f"{where}.use_noise", attr(path, layer, "use_noise"), True)
+            clamps.add(attr(path, layer, "conv_clamp"))
+        clamps.add(attr(path, child(path, block, "torgb"), "conv_clamp"))
     if len(clamps) != 1:
         raise CheckpointError(
             f"{path}: layers use different conv_clamp values {sorted(map(str, clamps))}"
@@ -879,7 +615,7 @@ def _nvidia_config(path: Path, generator: _Record, source: Mapping[str, Any]) ->
     )
 
 
-def _nvidia_options(path: Path, generator: _Record) -> dict[str, Any]:
+def _nvidia_options(path: Path, generator: Record) -> dict[str, Any]:
     """The Generator's construction options, flattened, with unknown ones refused."""
     if generator.state.get("_init_args"):
         raise CheckpointError(
@@ -897,25 +633,6 @@ def _nvidia_options(path: Path, generator: _Record) -> dict[str, Any]:
     return options
 
 
-def _child(path: Path, record: _Record, name: str) -> _Record:
-    child = (record.state.get("_modules") or {}).get(name)
-    if not isinstance(child, _Record):
-        raise CheckpointError(f"{path}: {record.class_name} record has no {name!r} submodule")
-    return child
-
-
-def _attr(path: Path, record: _Record, name: str) -> Any:
-    if name not in record.state:
-        raise CheckpointError(f"{path}: {record.class_name} record lacks attribute {name!r}")
-    return record.state[name]
-
-
-def _require(path: Path, where: str, found: Any, expected: Any, reason: str = "") -> None:
-    if found != expected:
-        why = f": {reason}" if reason else ""
-        raise CheckpointError(f"{path}: {where} is {found!r}, expected {expected!r}{why}")
-
-
 # --------------------------------------------------------------------------------------------
 # exprlock safetensors
 
@@ -927,7 +644,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
             source = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own, unexported error types
         raise CheckpointError(
-            f"{path}: not a readable safetensors file ({_one_line_reason(exc)})"
+            f"{path}: not a readable safetensors file ({one_line_reason(exc)})"
         ) from None
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise CheckpointError(
