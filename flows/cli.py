@@ -459,17 +459,17 @@ def label_report(
 @app.command()
 @_clean_errors
 def convert(
-    source: Annotated[Path, typer.Argument(help="StyleGAN2 checkpoint: rosinality .pt, NVIDIA .pkl or safetensors.", show_default=False)],
+    source: Annotated[Path, typer.Argument(help="StyleGAN2 or StyleGAN3 checkpoint: rosinality .pt, NVIDIA .pkl or safetensors.", show_default=False)],
     destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing destination.")] = False,
 ) -> None:
-    """Convert a StyleGAN2 checkpoint to safetensors (architecture kept in the metadata).
+    """Convert a StyleGAN2 or StyleGAN3 checkpoint to safetensors (family and architecture kept in the metadata).
 
     NVIDIA pickles are read without running any code from the file.
 
-    Example: exprlock convert stylegan2-ffhq-config-f.pkl models/ffhq.safetensors
+    Example: exprlock convert stylegan3-t-ffhq-1024x1024.pkl models/ffhq-t.safetensors
     """
-    from pipeline.generators.stylegan2_checkpoints import convert_checkpoint
+    from pipeline.generators.checkpoints import convert_checkpoint
 
     console.print(f"ok  {convert_checkpoint(source, destination, overwrite=overwrite)}", highlight=False)
 

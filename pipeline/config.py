@@ -57,12 +57,18 @@ class SourcesConfig(_Strict):
         return self
 
 
+STYLEGAN_KINDS = ("stylegan2", "stylegan3")
+
+
 class GeneratorConfig(_Strict):
     """The face generator. `kind: null` takes the profile's default."""
 
-    kind: Literal["dcgan", "stylegan2"] | None = None
+    kind: Literal["dcgan", "stylegan2", "stylegan3"] | None = None
     checkpoint: str | None = Field(None, description="weights file; null uses the profile's asset")
-    truncation_psi: float = Field(1.0, ge=0.0, le=1.0, description="StyleGAN2 truncation towards the mean w")
+    truncation_psi: float = Field(1.0, ge=0.0, le=1.0, description="StyleGAN truncation towards the mean w")
+    class_index: int | None = Field(
+        None, ge=0, description="class a conditional StyleGAN generator renders (one-hot c); null for unconditional ones"
+    )
 
 
 class ScoringConfig(_Strict):
@@ -241,10 +247,12 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _generator_fits_profile(self) -> RunConfig:
         kind = self.generator_kind
-        if kind == "stylegan2" and not self.generator.checkpoint:
-            raise ValueError("generator.checkpoint: a StyleGAN2 generator needs a checkpoint path (.pt, .pkl or .safetensors)")
-        if self.profile == "ffhq" and kind != "stylegan2":
-            raise ValueError("generator.kind: the ffhq profile uses a StyleGAN2 generator")
+        if kind in STYLEGAN_KINDS and not self.generator.checkpoint:
+            raise ValueError("generator.checkpoint: a StyleGAN generator needs a checkpoint path (.pt, .pkl or .safetensors)")
+        if self.profile == "ffhq" and kind not in STYLEGAN_KINDS:
+            raise ValueError("generator.kind: the ffhq profile uses a StyleGAN2 or StyleGAN3 generator")
+        if kind not in STYLEGAN_KINDS and self.generator.class_index is not None:
+            raise ValueError("generator.class_index: only conditional StyleGAN generators take a class; remove it")
         if self.edits.attributes and not self.scoring.enabled:
             raise ValueError("scoring.enabled: edits need scores (each edit's direction follows its source's score)")
         if self.sources.expressions and not self.scoring.enabled:

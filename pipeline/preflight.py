@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.config import RunConfig
+from pipeline.config import STYLEGAN_KINDS, RunConfig
 from pipeline.editing.files import EDITOR_DIR, read_report, require_attributes, require_generator
 from pipeline.editing.plan import plan_edits, required_models
 from pipeline.errors import CheckpointError, ConfigError
@@ -87,8 +87,8 @@ def check_generator(config: RunConfig) -> str:
             pass
     except OSError as error:
         raise CheckpointError(f"generator.checkpoint: cannot read {path} ({error.strerror}); check its permissions") from None
-    if config.generator_kind == "stylegan2":
-        from pipeline.generators.stylegan2_checkpoints import detect_format
+    if config.generator_kind in STYLEGAN_KINDS:
+        from pipeline.generators.checkpoint_files import detect_format
 
         detect_format(path)
     return file_sha256(path)

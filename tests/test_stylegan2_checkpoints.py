@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
-import math
 import os
 import pickle
 import sys
@@ -25,17 +24,14 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
-from pipeline.generators.stylegan2_checkpoints import (
-    convert_checkpoint,
-    detect_format,
-    load_stylegan2,
-    read_checkpoint,
-)
+from pipeline.generators.checkpoint_files import detect_format
+from pipeline.generators.checkpoints import convert_checkpoint, load_stylegan, read_checkpoint
 from pipeline.generators.nvidia_pickle import unpickle_nvidia
+from nvidia_fixtures import EasyDict, Persistent, dump_nvidia, nvidia_generator, persistent
 from stylegan2_fixtures import (
     CHANNEL_BASE,
     CHANNEL_MAX,
@@ -111,7 +107,7 @@ def test_rosinality_converted_checkpoint_renders_identically(
     assert detect_format(path) == "rosinality"
     truncated = StyleGAN2Generator(generator.config, truncation_psi=0.7)
     truncated.load_state_dict(generator.state_dict())
-    assert_same_generator(load_stylegan2(path, truncation_psi=0.7), truncated.eval())
+    assert_same_generator(load_stylegan(path, truncation_psi=0.7), truncated.eval())
 
 
 def test_rosinality_training_checkpoint_estimates_the_w_average(
@@ -126,7 +122,7 @@ def test_rosinality_training_checkpoint_estimates_the_w_average(
         torch.testing.assert_close(
             checkpoint.tensors["mapping.w_avg"], generator.mapping.to_w(z).mean(0)
         )
-    loaded = load_stylegan2(path)
+    loaded = load_stylegan(path)
     described = loaded.describe()  # what the dataset card states
     assert (described["family"], described["format"]) == ("StyleGAN2", "rosinality")
     assert described["w_avg"] == checkpoint.w_avg_origin == "estimated: mean of 10000 mapped z (seed 0)"
@@ -157,7 +153,7 @@ def test_other_rosinality_based_layouts(
         content = state
     path = tmp_path / f"{layout}.pt"
     torch.save(content, path)
-    loaded = load_stylegan2(path)
+    loaded = load_stylegan(path)
     latents = generator.sample_latents([3])
     assert torch.equal(images(loaded, latents), images(generator, latents))
     if layout != "bare":
@@ -189,7 +185,7 @@ def test_rosinality_rules_refuse_what_they_cannot_place(
     path = tmp_path / "edited.pt"
     torch.save({"g_ema": state, "latent_avg": generator.mapping.w_avg}, path)
     with pytest.raises(CheckpointError, match=message):
-        load_stylegan2(path)
+        load_stylegan(path)
 
 
 def test_rosinality_args_must_agree_with_the_tensors(
@@ -200,161 +196,11 @@ def test_rosinality_args_must_agree_with_the_tensors(
     path = tmp_path / "mismatch.pt"
     torch.save(content, path)
     with pytest.raises(CheckpointError, match=r"args.size is 256 but the g_ema tensors imply 16"):
-        load_stylegan2(path)
+        load_stylegan(path)
 
 
 # --------------------------------------------------------------------------------------------
 # NVIDIA stylegan2-ada-pytorch / stylegan3 pickles
-
-
-class EasyDict(dict):  # type: ignore[type-arg]
-    """Pickled under dnnlib.util.EasyDict, like NVIDIA's."""
-
-
-EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
-
-
-def _reconstruct_persistent_obj(meta: dict[str, Any]) -> Any:
-    raise AssertionError("NVIDIA's persistence code was run during loading")
-
-
-_reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-
-
-class Persistent(nn.Module):
-    """Pickles like a `@persistence.persistent_class` module: a record with module source."""
-
-    module_src = "# training/networks.py\n"
-    _init_kwargs: dict[str, Any]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        meta = {
-            "type": "class",
-            "version": 6,
-            "module_src": self.module_src,
-            "class_name": type(self).__name__,
-            "state": super().__reduce__()[2],
-        }
-        return (_reconstruct_persistent_obj, (meta,), None)
-
-
-def persistent(class_name: str, init_kwargs: dict[str, Any], **attrs: Any) -> Persistent:
-    """A module of NVIDIA class `class_name`; like NVIDIA's, it keeps its init kwargs and sets
-    most of them, plus `attrs`, as attributes."""
-    module = type(class_name, (Persistent,), {})()
-    module._init_args, module._init_kwargs = (), dict(init_kwargs)
-    for name, value in (init_kwargs | attrs).items():
-        setattr(module, name, value)
-    return module
-
-
-def fully_connected(weight: Tensor, bias: Tensor, lr: float, activation: str) -> Persistent:
-    out_features, in_features = weight.shape
-    kwargs = {"in_features": in_features, "out_features": out_features, "activation": activation}
-    layer = persistent(
-        "FullyConnectedLayer",
-        kwargs | {"lr_multiplier": lr},
-        weight_gain=np.float64(lr / math.sqrt(in_features)),
-        bias_gain=lr,
-    )
-    del layer.lr_multiplier  # an init kwarg only, not an attribute
-    layer.weight, layer.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
-    return layer
-
-
-def nvidia_generator(
-    generator: StyleGAN2Generator, *, extra_options: dict[str, Any] | None = None
-) -> Persistent:
-    """G_ema as NVIDIA's networks.py builds it: module names, attributes, buffers, init kwargs."""
-    ours, config = generator.state_dict(), generator.config
-    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    resample_filter = taps.outer(taps) / 64  # upfirdn2d.setup_filter([1, 3, 3, 1])
-    clamp = config.conv_clamp
-
-    def affine(prefix: str) -> Persistent:
-        weight, bias = ours[f"{prefix}.affine.weight"], ours[f"{prefix}.affine.bias"]
-        return fully_connected(weight, bias, 1.0, "linear")
-
-    def synthesis_layer(prefix: str, cin: int, cout: int, res: int, up: int) -> Persistent:
-        kwargs: dict[str, Any] = {"in_channels": cin, "out_channels": cout, "w_dim": config.w_dim}
-        kwargs |= {"resolution": res, "up": up, "conv_clamp": clamp}
-        layer = persistent(
-            "SynthesisLayer",
-            kwargs,
-            use_noise=True,
-            activation="lrelu",
-            padding=1,
-            act_gain=np.float64(math.sqrt(2)),
-        )
-        layer.register_buffer("resample_filter", resample_filter.clone())
-        layer.affine = affine(prefix)
-        layer.weight = nn.Parameter(ours[f"{prefix}.weight"].clone())
-        layer.register_buffer("noise_const", ours[f"{prefix}.noise_const"].clone())
-        layer.noise_strength = nn.Parameter(ours[f"{prefix}.noise_strength"].clone())
-        layer.bias = nn.Parameter(ours[f"{prefix}.bias"].clone())
-        return layer
-
-    def to_rgb(prefix: str, cin: int) -> Persistent:
-        kwargs = {"in_channels": cin, "out_channels": 3, "w_dim": config.w_dim, "conv_clamp": clamp}
-        layer = persistent("ToRGBLayer", kwargs, weight_gain=np.float64(1 / math.sqrt(cin)))
-        layer.affine = affine(prefix)
-        layer.weight = nn.Parameter(ours[f"{prefix}.weight"].clone())
-        layer.bias = nn.Parameter(ours[f"{prefix}.bias"].clone())
-        return layer
-
-    synthesis = persistent(
-        "SynthesisNetwork",
-        {"w_dim": config.w_dim, "img_resolution": RESOLUTION, "img_channels": 3},
-        block_resolutions=config.block_resolutions,
-        num_ws=config.num_ws,
-        num_fp16_res=0,
-    )
-    for res in config.block_resolutions:
-        prefix, cout = f"synthesis.b{res}", config.channels[res]
-        cin = 0 if res == 4 else config.channels[res // 2]
-        kwargs = {"in_channels": cin, "w_dim": config.w_dim, "resolution": res}
-        kwargs |= {"img_channels": 3, "is_last": res == RESOLUTION}
-        block = persistent(
-            "SynthesisBlock",
-            kwargs | {"out_channels": cout, "use_fp16": False, "conv_clamp": clamp},
-            architecture="skip",
-            channels_last=False,
-            num_conv=1 if res == 4 else 2,
-            num_torgb=1,
-        )
-        del block.out_channels, block.conv_clamp  # init kwargs only
-        block.register_buffer("resample_filter", resample_filter.clone())
-        if res == 4:
-            block.const = nn.Parameter(ours[f"{prefix}.const"].clone())
-        else:
-            block.conv0 = synthesis_layer(f"{prefix}.conv0", cin, cout, res, up=2)
-        block.conv1 = synthesis_layer(f"{prefix}.conv1", cout, cout, res, up=1)
-        block.torgb = to_rgb(f"{prefix}.torgb", cout)
-        setattr(synthesis, f"b{res}", block)
-
-    mapping = persistent(
-        "MappingNetwork",
-        {"z_dim": config.z_dim, "c_dim": 0, "w_dim": config.w_dim, "num_ws": config.num_ws},
-        num_layers=config.mapping_layers,
-        w_avg_beta=0.995,
-    )
-    for i in range(config.mapping_layers):
-        weight, bias = ours[f"mapping.fc{i}.weight"], ours[f"mapping.fc{i}.bias"]
-        setattr(mapping, f"fc{i}", fully_connected(weight, bias, 0.01, "lrelu"))
-    mapping.register_buffer("w_avg", ours["mapping.w_avg"].clone())
-
-    dims = {"z_dim": config.z_dim, "c_dim": 0, "w_dim": config.w_dim}
-    dims |= {"img_resolution": RESOLUTION, "img_channels": 3}
-    options = dims | {
-        "mapping_kwargs": EasyDict(num_layers=config.mapping_layers),
-        "synthesis_kwargs": EasyDict(
-            channel_base=CHANNEL_BASE, channel_max=CHANNEL_MAX, num_fp16_res=4, conv_clamp=clamp
-        ),
-    }
-    g = persistent("Generator", dims, num_ws=config.num_ws)
-    g._init_kwargs = options | (extra_options or {})
-    g.synthesis, g.mapping = synthesis, mapping
-    return g
 
 
 def training_snapshot(
@@ -383,26 +229,6 @@ def training_snapshot(
     }
 
 
-def dump_nvidia(
-    path: Path, content: Any, monkeypatch: pytest.MonkeyPatch, *, protocol: int = 4
-) -> Path:
-    """Pickle with `torch_utils.persistence` / `dnnlib.util` stand-ins present only meanwhile."""
-    stand_ins: dict[str, dict[str, Any]] = {
-        "torch_utils": {},
-        "torch_utils.persistence": {"_reconstruct_persistent_obj": _reconstruct_persistent_obj},
-        "dnnlib": {},
-        "dnnlib.util": {"EasyDict": EasyDict},
-    }
-    with monkeypatch.context() as patch:
-        for name, attrs in stand_ins.items():
-            module = types.ModuleType(name)
-            module.__dict__.update(attrs)
-            patch.setitem(sys.modules, name, module)
-        path.write_bytes(pickle.dumps(content, protocol=protocol))
-    assert "torch_utils.persistence" not in sys.modules  # the loader cannot lean on the stand-in
-    return path
-
-
 @pytest.mark.parametrize("conv_clamp", [None, 256.0])
 def test_nvidia_snapshot_renders_identically(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conv_clamp: float | None
@@ -415,7 +241,7 @@ def test_nvidia_snapshot_renders_identically(
     checkpoint = read_checkpoint(path)
     assert checkpoint.config.conv_clamp == conv_clamp
     assert checkpoint.w_avg_origin == "checkpoint"
-    assert_same_generator(load_stylegan2(path), generator)
+    assert_same_generator(load_stylegan(path), generator)
 
 
 def test_every_pickle_protocol_renders_identically(
@@ -432,7 +258,7 @@ def test_every_pickle_protocol_renders_identically(
         )
         assert path.read_bytes()[:2] == bytes([0x80, protocol])
         loaded[protocol] = read_checkpoint(path)
-        assert_same_generator(load_stylegan2(path), generator)
+        assert_same_generator(load_stylegan(path), generator)
     for protocol in (2, 3, 5):
         assert loaded[protocol].config == loaded[4].config
         assert loaded[protocol].tensors.keys() == loaded[4].tensors.keys()
@@ -500,7 +326,7 @@ def test_allowed_globals_refuse_what_they_are_not_for(
         tmp_path / "odd.pkl", training_snapshot(generator, g_ema), monkeypatch, protocol=2
     )
     with pytest.raises(CheckpointError, match=rf"not a readable NVIDIA network pickle \({reason}"):
-        load_stylegan2(path)
+        load_stylegan(path)
 
 
 def test_nvidia_module_source_is_never_run(
@@ -514,7 +340,7 @@ def test_nvidia_module_source_is_never_run(
         type(module).module_src = payload  # each record has a class of its own
     path = dump_nvidia(tmp_path / "payload.pkl", training_snapshot(generator, g_ema), monkeypatch)
     assert payload.encode() in path.read_bytes()
-    assert_same_generator(load_stylegan2(path), generator)
+    assert_same_generator(load_stylegan(path), generator)
     assert not marker.exists()
     # Control: the payload is live, running it is what leaves the marker.
     exec(compile(payload, "module_src", "exec"), {})
@@ -549,7 +375,7 @@ def test_hostile_pickles_are_refused_before_anything_runs(tmp_path: Path, kind: 
     path.write_bytes(pickle.dumps({"G_ema": payload, "G": None, "D": None}, protocol=4))
     expected = rf"refused to unpickle ({os.system.__module__}\.system|builtins\.eval)"
     with pytest.raises(CheckpointError, match=expected):
-        load_stylegan2(path)
+        load_stylegan(path)
     assert not marker.exists()
 
 
@@ -576,7 +402,7 @@ def test_tensorflow_pickles_are_refused_with_the_way_out(
     with pytest.raises(
         CheckpointError, match=r"TensorFlow pickle: convert it with NVIDIA's legacy"
     ):
-        load_stylegan2(path)
+        load_stylegan(path)
 
 
 def test_hostile_rosinality_archive_is_refused(
@@ -589,40 +415,56 @@ def test_hostile_rosinality_archive_is_refused(
     )
     refusal = rf"refers to {os.system.__module__}\.system, which is not on the weights-only"
     with pytest.raises(CheckpointError, match=refusal):
-        load_stylegan2(path)
+        load_stylegan(path)
     assert not marker.exists()
 
 
-def test_stylegan3_resnet_conditional_and_unknown_options_are_refused_naming_what_is_read(
+def test_resnet_generators_and_unknown_options_are_refused_naming_what_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generator: StyleGAN2Generator
 ) -> None:
-    g_ema: Any = nvidia_generator(generator)
-    g_ema.synthesis.input = persistent("SynthesisInput", {"w_dim": 32, "channels": 32, "size": 36})
-    path = dump_nvidia(tmp_path / "sg3.pkl", training_snapshot(generator, g_ema), monkeypatch)
-    with pytest.raises(
-        CheckpointError,
-        match=r"a StyleGAN3 generator \(G_ema.synthesis.input is a 'SynthesisInput' module\); exprlock reads "
-        r"unconditional StyleGAN2 generators of the 'skip' architecture",
-    ):
-        load_stylegan2(path)
     g_ema = nvidia_generator(generator, extra_options={"magnitude_ema_beta": 0.999})
     path = dump_nvidia(tmp_path / "option.pkl", training_snapshot(generator, g_ema), monkeypatch)
     with pytest.raises(
         CheckpointError, match=r"G_ema option 'magnitude_ema_beta'=0.999 is not supported"
     ):
-        load_stylegan2(path)
+        load_stylegan(path)
     g_ema = nvidia_generator(generator)
     g_ema.synthesis.b8.architecture = "resnet"
     path = dump_nvidia(tmp_path / "resnet.pkl", training_snapshot(generator, g_ema), monkeypatch)
     with pytest.raises(
-        CheckpointError, match=r"G_ema.synthesis.b8.architecture is 'resnet', expected 'skip': exprlock reads unconditional"
+        CheckpointError,
+        match=r"G_ema.synthesis.b8.architecture is 'resnet', expected 'skip': exprlock reads StyleGAN2 generators "
+        r"of the 'skip' architecture, unconditional or conditional .* and StyleGAN3 generators of configs T and R",
     ):
-        load_stylegan2(path)
+        load_stylegan(path)
     g_ema = nvidia_generator(generator)
-    g_ema.c_dim = 10  # a class-conditional generator (e.g. 10 classes)
-    path = dump_nvidia(tmp_path / "conditional.pkl", training_snapshot(generator, g_ema), monkeypatch)
-    with pytest.raises(CheckpointError, match=r"G_ema.c_dim is 10, expected 0: a conditional generator; exprlock reads"):
-        load_stylegan2(path)
+    g_ema.synthesis.b8.conv0 = persistent("SuperresLayer", {})  # e.g. a StyleGAN-XL module
+    path = dump_nvidia(tmp_path / "xl.pkl", training_snapshot(generator, g_ema), monkeypatch)
+    with pytest.raises(CheckpointError, match=r"G_ema.synthesis.b8.conv0 is a 'SuperresLayer' module, not one of"):
+        load_stylegan(path)
+
+
+def test_conditional_generator_renders_each_class_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator = small_generator(small_config(c_dim=4), class_index=0)
+    path = dump_nvidia(tmp_path / "conditional.pkl", training_snapshot(generator, nvidia_generator(generator)), monkeypatch)
+    seeds = [0, 1]
+    latents = {}
+    for class_index in range(4):
+        loaded = load_stylegan(path, class_index=class_index)
+        assert loaded.config == generator.config and loaded.describe()["class_index"] == class_index
+        reference = small_generator(small_config(c_dim=4), class_index=class_index)
+        latents[class_index] = loaded.sample_latents(seeds)
+        assert torch.equal(latents[class_index], reference.sample_latents(seeds))
+        assert torch.equal(images(loaded, latents[class_index]), images(reference, latents[class_index]))
+    assert not torch.equal(latents[0], latents[1])  # the class changes the face
+    for bad in (None, 4):
+        with pytest.raises(ConfigError, match=r"generator.class_index: a conditional generator with 4 classes needs an index in 0..3"):
+            load_stylegan(path, class_index=bad)
+    unconditional = dump_nvidia(tmp_path / "plain.pkl", training_snapshot(small_generator()), monkeypatch)
+    with pytest.raises(ConfigError, match=r"generator.class_index: 2 was given but the generator is unconditional"):
+        load_stylegan(unconditional, class_index=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,12 +480,12 @@ def test_format_is_read_from_content_not_name(
         tmp_path / "looks-like-rosinality.pt", training_snapshot(generator), monkeypatch
     )
     assert (detect_format(rosinality), detect_format(nvidia)) == ("rosinality", "nvidia")
-    assert_same_generator(load_stylegan2(rosinality), generator)
-    assert_same_generator(load_stylegan2(nvidia), generator)
+    assert_same_generator(load_stylegan(rosinality), generator)
+    assert_same_generator(load_stylegan(nvidia), generator)
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=r"notes.txt: unrecognised checkpoint"):
-        load_stylegan2(text)
+        load_stylegan(text)
 
 
 def test_truncated_files_are_refused(
@@ -657,7 +499,7 @@ def test_truncated_files_are_refused(
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
         with pytest.raises(CheckpointError, match=str(path.name)):
-            load_stylegan2(path)
+            load_stylegan(path)
 
 
 @pytest.mark.parametrize("source_format", ["rosinality", "nvidia"])
@@ -674,8 +516,8 @@ def test_conversion_to_safetensors_round_trips(
         source = dump_nvidia(tmp_path / "source.pkl", training_snapshot(generator), monkeypatch)
     target = convert_checkpoint(source, tmp_path / "generator.safetensors")
     assert detect_format(target) == "safetensors"
-    assert_same_generator(load_stylegan2(target), load_stylegan2(source))
-    assert_same_generator(load_stylegan2(target), generator)
+    assert_same_generator(load_stylegan(target), load_stylegan(source))
+    assert_same_generator(load_stylegan(target), generator)
     with safe_open(str(target), framework="pt") as handle:
         metadata = handle.metadata()
     assert StyleGAN2Config.from_dict(json.loads(metadata["config"])) == generator.config
@@ -691,16 +533,16 @@ def test_foreign_safetensors_are_refused(tmp_path: Path, generator: StyleGAN2Gen
     foreign = tmp_path / "foreign.safetensors"
     save_file(tensors, str(foreign), metadata={"format": "pt"})
     with pytest.raises(
-        CheckpointError, match=r"metadata 'format' is 'pt', expected 'exprlock-stylegan2'"
+        CheckpointError, match=r"metadata 'format' is 'pt', expected one of \['exprlock-stylegan2', 'exprlock-stylegan3'\]"
     ):
-        load_stylegan2(foreign)
+        load_stylegan(foreign)
     config = generator.config.to_dict() | {"architecture": "resnet"}
     metadata = {"format": "exprlock-stylegan2", "format_version": "1", "config": json.dumps(config)}
     save_file(tensors, str(foreign), metadata=metadata)
     with pytest.raises(
         CheckpointError, match=r"metadata 'config'.*unknown keys \['architecture'\]"
     ):
-        load_stylegan2(foreign)
+        load_stylegan(foreign)
 
 
 # --------------------------------------------------------------------------------------------
@@ -742,7 +584,7 @@ def test_matches_nvidia_reference_implementation(
         reference.mapping.w_avg.normal_()
     path = tmp_path / "reference.pkl"
     path.write_bytes(pickle.dumps({"G_ema": reference.eval(), "G": None, "D": None}))
-    loaded = load_stylegan2(path, truncation_psi=0.7, truncation_cutoff=4)
+    loaded = load_stylegan(path, truncation_psi=0.7, truncation_cutoff=4)
     z = torch.randn(3, 32)
     with torch.no_grad():
         ws = reference.mapping(z, None, truncation_psi=0.7, truncation_cutoff=4)
@@ -798,6 +640,6 @@ def test_convert_command_writes_a_loadable_file(tmp_path: Path, generator: Style
     runner = CliRunner()
     result = runner.invoke(app, ["convert", str(source), str(target)])
     assert result.exit_code == 0, result.output
-    assert_same_generator(load_stylegan2(target), generator)
+    assert_same_generator(load_stylegan(target), generator)
     again = runner.invoke(app, ["convert", str(source), str(target)])
     assert again.exit_code == 2 and "already exists" in again.output

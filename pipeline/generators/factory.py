@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
+from pipeline.config import STYLEGAN_KINDS, RunConfig
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.models.assets import asset_path, file_sha256
 from pipeline.generators.base import FaceGenerator
 
@@ -24,7 +24,7 @@ def resolve_device(device: str) -> torch.device:
 
 @lru_cache(maxsize=4)
 def load_generator(
-    kind: str, checkpoint: str | None, truncation_psi: float, device: str
+    kind: str, checkpoint: str | None, truncation_psi: float, device: str, class_index: int | None = None
 ) -> tuple[FaceGenerator, str, str]:
     """(generator, provenance name, weights SHA-256); cached because loading costs seconds."""
     if kind == "dcgan":
@@ -33,18 +33,29 @@ def load_generator(
         path = Path(checkpoint) if checkpoint else asset_path("dcgan-digiface")
         name = "dcgan:" + ("dcgan-digiface" if checkpoint is None else path.name)
         return load_dcgan(path, device=device), name, file_sha256(path)
-    if kind == "stylegan2":
-        from pipeline.generators.stylegan2_checkpoints import load_stylegan2
+    if kind in STYLEGAN_KINDS:
+        from pipeline.generators.checkpoints import load_stylegan
+        from pipeline.generators.stylegan3 import StyleGAN3Generator
 
         path = Path(checkpoint or "")
-        generator = load_stylegan2(path, device=device, truncation_psi=truncation_psi)
-        return generator, f"stylegan2:{path.name}", file_sha256(path)
-    raise ValueError(f"generator kind {kind!r} is not one of 'dcgan', 'stylegan2'")
+        generator = load_stylegan(path, device=device, truncation_psi=truncation_psi, class_index=class_index)
+        family = "stylegan3" if isinstance(generator, StyleGAN3Generator) else "stylegan2"
+        if family != kind:
+            raise CheckpointError(
+                f"generator.checkpoint: {path} holds a {family.replace('stylegan', 'StyleGAN')} generator "
+                f"but generator.kind is {kind!r}; set generator.kind: {family}"
+            )
+        return generator, f"{kind}:{path.name}", file_sha256(path)
+    raise ValueError(f"generator kind {kind!r} is not one of 'dcgan', {', '.join(map(repr, STYLEGAN_KINDS))}")
 
 
 def load_run_generator(config: RunConfig, device: str) -> tuple[FaceGenerator, str, str]:
     """`load_generator` with the run config's generator, its checkpoint path resolved."""
     checkpoint = config.checkpoint_path
     return load_generator(
-        config.generator_kind, str(checkpoint) if checkpoint else None, config.generator.truncation_psi, device
+        config.generator_kind,
+        str(checkpoint) if checkpoint else None,
+        config.generator.truncation_psi,
+        device,
+        config.generator.class_index,
     )

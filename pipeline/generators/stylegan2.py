@@ -9,7 +9,8 @@ The maths follows NVIDIA's PyTorch reference (NVlabs/stylegan2-ada-pytorch `trai
 the same network as NVlabs/stylegan3 `training/networks_stylegan2.py`) and
 rosinality/stylegan2-pytorch `model.py`. Parameter names are NVIDIA's (`mapping.fc0.weight`,
 `synthesis.b8.conv0.affine.bias`, ...), so an NVIDIA state maps one to one;
-`pipeline.generators.stylegan2_checkpoints` maps rosinality's names and reads every file format.
+`pipeline.generators.stylegan2_checkpoints` maps rosinality's names; `pipeline.generators.checkpoints`
+reads every file format.
 There is no compiled extension: resampling is upfirdn2d written with `F.pad` and `F.conv2d`, and
 each modulated convolution runs as one grouped convolution over the whole batch. Everything is
 computed in float32; NVIDIA's code runs the highest resolutions in float16 on CUDA when a network
@@ -38,13 +39,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, ImageError
-from pipeline.generators.base import FaceGenerator, seeded_normal
+from pipeline.generators.base import seeded_normal
+from pipeline.generators.mapping import (
+    LRELU_GAIN,
+    LRELU_SLOPE,
+    EqualizedLinear,
+    MappedGenerator,
+    build_mapping,
+)
 
 NoiseMode = Literal["const", "random", "none"]
 """Per-layer noise: the generator's stored noise images, fresh Gaussian noise, or no noise."""
 
-_LRELU_SLOPE = 0.2
-_LRELU_GAIN = math.sqrt(2.0)  # keeps the activation variance of a leaky ReLU at one
 _DEMOD_EPS = 1e-8
 
 
@@ -101,6 +107,8 @@ class StyleGAN2Config:
         conv_clamp: clamp of every layer output to +-value, as NVIDIA networks trained with
             mixed precision do (256); None means no clamping (TensorFlow-converted and rosinality
             networks).
+        c_dim: classes of a conditional generator (embedded and concatenated to z by the
+            mapping network), 0 for an unconditional one.
     """
 
     resolution: int
@@ -111,6 +119,7 @@ class StyleGAN2Config:
     mapping_lr_multiplier: float = 0.01
     blur_kernel: tuple[float, ...] = (1, 3, 3, 1)
     conv_clamp: float | None = None
+    c_dim: int = 0
 
     def __post_init__(self) -> None:
         _check_resolution(self.resolution)
@@ -127,6 +136,8 @@ class StyleGAN2Config:
         for name in ("z_dim", "w_dim", "mapping_layers"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if int(self.c_dim) < 0:
+            raise ConfigError(f"c_dim: expected 0 or a positive integer, got {self.c_dim}")
         if not self.mapping_lr_multiplier > 0:
             raise ConfigError(
                 f"mapping_lr_multiplier: expected > 0, got {self.mapping_lr_multiplier}"
@@ -165,6 +176,7 @@ class StyleGAN2Config:
             "mapping_lr_multiplier": self.mapping_lr_multiplier,
             "blur_kernel": list(self.blur_kernel),
             "conv_clamp": self.conv_clamp,
+            "c_dim": self.c_dim,
         }
 
     @classmethod
@@ -174,13 +186,17 @@ class StyleGAN2Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"StyleGAN2 config: unknown keys {unknown}; known: {sorted(known)}")
-        missing = sorted(known - set(data))
+        missing = sorted(known - set(data) - set(_ADDED_KEYS))
         if missing:
             raise ConfigError(f"StyleGAN2 config: missing keys {missing}")
-        values = dict(data)
+        values = _ADDED_KEYS | dict(data)
         values["channels"] = {int(res): ch for res, ch in data["channels"].items()}
         values["blur_kernel"] = tuple(data["blur_kernel"])
         return cls(**values)
+
+
+# Keys added after the first safetensors files were written, with the value those files imply.
+_ADDED_KEYS: dict[str, Any] = {"c_dim": 0}
 
 
 def _check_resolution(resolution: int) -> None:
@@ -265,81 +281,6 @@ def upsample_image(img: Tensor, kernel: Tensor) -> Tensor:
 # Layers
 
 
-class EqualizedLinear(nn.Module):
-    """Fully connected layer with equalised learning rate.
-
-    Weights are stored divided by `lr_multiplier` and scaled by `lr_multiplier / sqrt(in)` at run
-    time, the bias by `lr_multiplier`, exactly as both reference implementations store them.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        bias_init: float = 0.0,
-        lr_multiplier: float = 1.0,
-        activation: Literal["linear", "lrelu"] = "linear",
-    ) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
-        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
-        self.weight_gain = lr_multiplier / math.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-        self.activation = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
-        if self.activation == "lrelu":
-            x = F.leaky_relu(x, _LRELU_SLOPE) * _LRELU_GAIN
-        return x
-
-
-class MappingNetwork(nn.Module):
-    """z -> W+: second-moment normalisation, `mapping_layers` leaky-ReLU layers, truncation."""
-
-    w_avg: Tensor
-
-    def __init__(self, config: StyleGAN2Config) -> None:
-        super().__init__()
-        self.z_dim = config.z_dim
-        self.num_layers = config.mapping_layers
-        self.num_ws = config.num_ws
-        features = [config.z_dim] + [config.w_dim] * config.mapping_layers
-        for idx in range(config.mapping_layers):
-            layer = EqualizedLinear(
-                features[idx],
-                features[idx + 1],
-                lr_multiplier=config.mapping_lr_multiplier,
-                activation="lrelu",
-            )
-            self.add_module(f"fc{idx}", layer)
-        # Mean of W over the training distribution: the centre that truncation pulls towards.
-        self.register_buffer("w_avg", torch.zeros(config.w_dim))
-
-    def to_w(self, z: Tensor) -> Tensor:
-        """W latents (N, w_dim) for z (N, z_dim), before truncation."""
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ImageError(f"z: expected shape (N, {self.z_dim}), got {tuple(z.shape)}")
-        x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
-        for idx in range(self.num_layers):
-            x = getattr(self, f"fc{idx}")(x)
-        return x
-
-    def forward(self, z: Tensor, *, psi: float = 1.0, cutoff: int | None = None) -> Tensor:
-        """W+ latents (N, num_ws, w_dim) for z (N, z_dim).
-
-        Truncation moves w towards `w_avg`: `w_avg + psi * (w - w_avg)` on the first `cutoff`
-        rows (all rows when `cutoff` is None); `psi=1` leaves w unchanged, `psi=0` gives `w_avg`.
-        """
-        ws = self.to_w(z)[:, None].expand(-1, self.num_ws, -1)
-        if psi == 1:
-            return ws.clone()
-        rows = self.num_ws if cutoff is None else cutoff
-        truncated = self.w_avg.lerp(ws[:, :rows], float(psi))
-        return torch.cat([truncated, ws[:, rows:]], dim=1)
-
-
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution (optionally upsampling x2), noise, bias, leaky ReLU."""
 
@@ -377,7 +318,7 @@ class SynthesisLayer(nn.Module):
         )
         if noise is not None:
             x = x + noise * self.noise_strength
-        x = F.leaky_relu(x + self.bias[:, None, None], _LRELU_SLOPE) * _LRELU_GAIN
+        x = F.leaky_relu(x + self.bias[:, None, None], LRELU_SLOPE) * LRELU_GAIN
         if self.conv_clamp is not None:
             x = x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
@@ -519,12 +460,12 @@ class SynthesisNetwork(nn.Module):
 # The generator
 
 
-class StyleGAN2Generator(FaceGenerator):
+class StyleGAN2Generator(MappedGenerator):
     """StyleGAN2 behind the `FaceGenerator` interface, editing in W+.
 
     Args:
         config: the architecture; `StyleGAN2Config.ffhq_config_f()` for the FFHQ network.
-            Weights start random; `pipeline.generators.stylegan2_checkpoints.load_stylegan2` fills
+            Weights start random; `pipeline.generators.checkpoints.load_stylegan` fills
             them from a file.
         truncation_psi: truncation applied by `sample_latents`. The default 1.0 applies none, as
             both references do: truncation trades variety for typicality and pulls expressions
@@ -535,6 +476,8 @@ class StyleGAN2Generator(FaceGenerator):
         noise_mode: default noise for `synthesize`: 'const' (the stored noise images;
             deterministic, the default), 'random' (fresh Gaussian noise; reproducible per sample
             when `noise_seeds` are passed to `synthesize`) or 'none'.
+        class_index: the class a conditional generator (`config.c_dim > 0`) renders; None for
+            an unconditional one.
     """
 
     def __init__(
@@ -544,17 +487,22 @@ class StyleGAN2Generator(FaceGenerator):
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
         noise_mode: NoiseMode = "const",
+        class_index: int | None = None,
     ) -> None:
         super().__init__()
         self.config = config
-        self.num_ws = config.num_ws
-        self.w_dim = config.w_dim
-        self.latent_shape = (config.num_ws, config.w_dim)
         self.resolution = config.resolution
-        self.truncation_psi = _check_psi(truncation_psi)
-        self.truncation_cutoff = _check_cutoff(truncation_cutoff, config.num_ws)
+        self._init_latents(
+            z_dim=config.z_dim,
+            w_dim=config.w_dim,
+            num_ws=config.num_ws,
+            c_dim=config.c_dim,
+            truncation_psi=truncation_psi,
+            truncation_cutoff=truncation_cutoff,
+            class_index=class_index,
+        )
         self.noise_mode = _check_noise_mode(noise_mode)
-        self.mapping = MappingNetwork(config)
+        self.mapping = build_mapping(config)
         self.synthesis = SynthesisNetwork(config)
         # Where the weights came from; `load_stylegan2` sets both from the file it reads.
         self.source_format = "none (weights not read from a file)"
@@ -565,28 +513,9 @@ class StyleGAN2Generator(FaceGenerator):
             "family": "StyleGAN2",
             "format": self.source_format,
             "config": self.config.to_dict(),
-            "latent": f"W+ ({self.num_ws} x {self.w_dim}) from z ~ N(0, I) in R^{self.config.z_dim}, one draw per seed",
-            "truncation_psi": self.truncation_psi,
-            "truncation_cutoff": self.truncation_cutoff,
             "noise_mode": self.noise_mode,
             "w_avg": self.w_avg_origin,
         }
-
-    def sample_latents(self, seeds: Sequence[int]) -> Tensor:
-        """W+ latents (len(seeds), num_ws, w_dim): z per seed, mapped, truncated, broadcast."""
-        z = seeded_normal(seeds, (self.config.z_dim,)).to(self.device)
-        options = {"psi": self.truncation_psi, "cutoff": self.truncation_cutoff}
-        with torch.no_grad():
-            # One mapping call per seed: a batched matmul may take a different kernel for each
-            # batch size, and a latent must not depend on the batch it was drawn in.
-            rows = [self.mapping(z[i : i + 1], **options) for i in range(len(seeds))]
-        return torch.cat(rows) if rows else z.new_empty((0, *self.latent_shape))
-
-    def broadcast_w(self, w: Tensor) -> Tensor:
-        """W latents (N, w_dim) as W+ (N, num_ws, w_dim), the same row in every layer."""
-        if w.ndim != 2 or w.shape[1] != self.w_dim:
-            raise ImageError(f"w: expected shape (N, {self.w_dim}), got {tuple(w.shape)}")
-        return w[:, None].expand(-1, self.num_ws, -1)
 
     def synthesize(
         self,
@@ -615,18 +544,6 @@ class StyleGAN2Generator(FaceGenerator):
                 )
         ws = latents.to(self.mapping.w_avg.dtype)
         return self.synthesis(ws, noise_mode=mode, noise_seeds=noise_seeds).clamp(-1, 1)
-
-
-def _check_psi(psi: float) -> float:
-    if not math.isfinite(psi):
-        raise ConfigError(f"truncation_psi: expected a finite number, got {psi}")
-    return float(psi)
-
-
-def _check_cutoff(cutoff: int | None, num_ws: int) -> int | None:
-    if cutoff is not None and not 1 <= cutoff <= num_ws:
-        raise ConfigError(f"truncation_cutoff: expected None or 1..{num_ws}, got {cutoff}")
-    return cutoff
 
 
 def _check_noise_mode(mode: str) -> NoiseMode:

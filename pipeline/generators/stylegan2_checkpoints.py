@@ -1,6 +1,7 @@
-"""StyleGAN2 generator weights from rosinality, NVIDIA and exprlock files, read without running.
+"""StyleGAN2 generator weights from rosinality and NVIDIA files, read without running.
 
-The format is recognised from the file's content (magic bytes, then structure), never its name:
+`pipeline.generators.checkpoints` recognises the format and family from the file's content and
+calls the readers here:
 
 - **rosinality** (rosinality/stylegan2-pytorch, and pSp / e4e / ReStyle encoders built on it): a
   `torch.save` archive. Layouts: a dict with `g_ema` (the generator's state dict), `latent_avg`
@@ -13,10 +14,8 @@ The format is recognised from the file's content (magic bytes, then structure), 
 - **nvidia** (NVlabs/stylegan2-ada-pytorch, NVlabs/stylegan3, TensorFlow networks converted by their
   `legacy.py`): a pickle of a dict with `G`, `D`, `G_ema`, `augment_pipe` and `training_set_kwargs`.
   Networks are read as inert records by `pipeline.generators.nvidia_pickle`, which runs no code
-  from the file.
-  Only `G_ema` (the weight average used for inference) is read.
-- **safetensors**: exprlock's own format, written by `convert_checkpoint`, with the architecture
-  (`StyleGAN2Config.to_dict()` as JSON) and the provenance in the header metadata.
+  from the file. Only `G_ema` (the weight average used for inference) is read; a conditional
+  generator's class embedding is read with it.
 
 Every tensor of the generator is claimed by exactly one mapping rule below, every source tensor is
 used or dropped on purpose (resampling filters, which are checked to equal the expected filter
@@ -34,28 +33,29 @@ and NVIDIA's `training/networks.py` / `legacy.py` / `torch_utils/persistence.py`
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import pickle
 import re
-import struct
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.generators.checkpoint_files import describe, file_digest, one_line_reason
+from pipeline.generators.checkpoint_files import (
+    Checkpoint,
+    ShapeRule,
+    complete_w_avg,
+    describe,
+    expected_shapes,
+    map_tensors,
+    one_line_reason,
+    same,
+)
+from pipeline.generators.mapping import build_mapping
 from pipeline.generators.stylegan2 import (
-    MappingNetwork,
-    NoiseMode,
     StyleGAN2Config,
     StyleGAN2Generator,
     make_filter,
@@ -66,188 +66,28 @@ from pipeline.generators.nvidia_pickle import (
     child,
     flatten_record,
     require,
-    unpickle_nvidia,
 )
 
-CheckpointFormat = Literal["rosinality", "nvidia", "safetensors"]
-
-SAFETENSORS_FORMAT = "exprlock-stylegan2"
-SAFETENSORS_VERSION = "1"
-
-_W_AVG_SAMPLES = 10_000
-_W_AVG_SEED = 0
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.compile wrappers
-_TORCH_ZIP_MAGIC = b"PK\x03\x04"
-_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pre-1.6 torch.save header
 
-ShapeRule = Callable[[tuple[int, ...]], tuple[int, ...]]
-"""Expected source shape, given the destination tensor's shape."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A generator read from a file: architecture, tensors under exprlock's names, provenance.
-
-    `source_format` is the family of the file read; `w_avg_origin` says whether the W average
-    came from a file ('checkpoint') or was estimated, and how.
-    """
-
-    config: StyleGAN2Config
-    tensors: dict[str, Tensor]
-    source_format: CheckpointFormat
-    w_avg_origin: str
 
 
 # --------------------------------------------------------------------------------------------
 # Public entry points
 
 
-def load_stylegan2(
-    path: str | os.PathLike[str],
-    *,
-    device: str | torch.device = "cpu",
-    truncation_psi: float = 1.0,
-    truncation_cutoff: int | None = None,
-    noise_mode: NoiseMode = "const",
-) -> StyleGAN2Generator:
-    """A ready `StyleGAN2Generator` from a rosinality `.pt`, NVIDIA `.pkl` or exprlock safetensors.
-
-    The parameters are frozen (`requires_grad=False`) and the module is in eval mode: gradients
-    flow to latents, never to the weights. The options are those of `StyleGAN2Generator`.
-    """
-    checkpoint = read_checkpoint(path)
-    generator = StyleGAN2Generator(
-        checkpoint.config,
-        truncation_psi=truncation_psi,
-        truncation_cutoff=truncation_cutoff,
-        noise_mode=noise_mode,
-    )
-    generator.load_state_dict(checkpoint.tensors, strict=True)
-    generator.source_format, generator.w_avg_origin = checkpoint.source_format, checkpoint.w_avg_origin
-    return generator.requires_grad_(False).eval().to(device)
-
-
-def convert_checkpoint(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False
-) -> Path:
-    """Write the generator of `src` (any supported format) as an exprlock safetensors file.
-
-    The file is written under a temporary name in the destination folder and renamed into place,
-    so `dst` is either absent, untouched or complete. An existing `dst` is refused unless
-    `overwrite` is set.
-    """
-    src_path, dst_path = Path(src), Path(dst)
-    if dst_path.exists() and not overwrite:
-        raise CheckpointError(f"{dst_path}: already exists; pass overwrite=True to replace it")
-    checkpoint = read_checkpoint(src_path)
-    metadata = {
-        "format": SAFETENSORS_FORMAT,
-        "format_version": SAFETENSORS_VERSION,
-        "config": json.dumps(checkpoint.config.to_dict(), sort_keys=True),
-        "source_format": checkpoint.source_format,
-        "source_file": src_path.name,
-        "source_sha256": file_digest(src_path),
-        "w_avg": checkpoint.w_avg_origin,
-    }
-    tensors = {
-        name: t.detach().to("cpu").contiguous().clone() for name, t in checkpoint.tensors.items()
-    }
-    tmp = dst_path.with_name(f".{dst_path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, dst_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst_path
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Architecture and tensors (exprlock names, float32, CPU) of the generator in `path`."""
-    path = Path(path)
-    readers: dict[CheckpointFormat, Callable[[Path], Checkpoint]] = {
-        "rosinality": _read_rosinality,
-        "nvidia": _read_nvidia,
-        "safetensors": _read_safetensors,
-    }
-    return readers[detect_format(path)](path)
-
-
-def detect_format(path: str | os.PathLike[str]) -> CheckpointFormat:
-    """Which family wrote `path`, from its first bytes."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            head = handle.read(16)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror})") from exc
-    if head.startswith((_TORCH_ZIP_MAGIC, _TORCH_LEGACY_MAGIC)):
-        return "rosinality"
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
-        return "safetensors"
-    if len(head) >= 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:
-        return "nvidia"
-    raise CheckpointError(
-        f"{path}: unrecognised checkpoint (starts with {head[:8]!r}); expected a torch.save "
-        "archive (rosinality .pt), a pickle (NVIDIA .pkl) or an exprlock .safetensors file"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # The mapping engine shared by all formats
 
 
-def _expected_shapes(config: StyleGAN2Config) -> dict[str, tuple[int, ...]]:
+def stylegan2_shapes(config: StyleGAN2Config) -> dict[str, tuple[int, ...]]:
     """Name and shape of every tensor the generator stores, without allocating it."""
     with torch.device("meta"):
-        generator = StyleGAN2Generator(config)
-    return {name: tuple(t.shape) for name, t in generator.state_dict().items()}
-
-
-def _same(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return shape
+        return expected_shapes(StyleGAN2Generator(config, class_index=0 if config.c_dim else None))
 
 
 def _leading_one(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1, *shape)
-
-
-def _map_tensors(
-    path: Path,
-    source: Mapping[str, Tensor],
-    expected: Mapping[str, tuple[int, ...]],
-    locate: Callable[[str], tuple[str, ShapeRule]],
-    drop: Callable[[str, Tensor], bool],
-) -> dict[str, Tensor]:
-    """Fill every expected tensor through `locate` and account for every source tensor.
-
-    `locate(name)` gives the source key and its expected shape for destination `name` (raising
-    when no rule claims it); `drop(key, tensor)` says whether an unused source tensor is dropped
-    on purpose (raising when it is recognised but wrong).
-    """
-    tensors: dict[str, Tensor] = {}
-    used: set[str] = set()
-    for name, shape in expected.items():
-        key, shape_rule = locate(name)
-        if key not in source:
-            raise CheckpointError(f"{path}: missing tensor {key!r} (needed for {name})")
-        value = source[key]
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise CheckpointError(
-                f"{path}: {key!r}: expected a float tensor, found {describe(value)}"
-            )
-        want, found = shape_rule(shape), tuple(value.shape)
-        if found != want:
-            raise CheckpointError(f"{path}: tensor {key!r}: expected shape {want}, found {found}")
-        tensors[name] = value.detach().reshape(shape).to(torch.float32)
-        used.add(key)
-    unexpected = [key for key in source if key not in used and not drop(key, source[key])]
-    if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(
-            f"{path}: unexpected tensor {unexpected[0]!r}{more}: no StyleGAN2 rule uses it"
-        )
-    return tensors
 
 
 def _check_filter(path: Path, key: str, value: Tensor, expected: Tensor) -> bool:
@@ -258,29 +98,6 @@ def _check_filter(path: Path, key: str, value: Tensor, expected: Tensor) -> bool
             "only the blur kernel recorded in the network options is supported"
         )
     return True
-
-
-def _complete_w_avg(
-    path: Path, config: StyleGAN2Config, tensors: dict[str, Tensor], w_avg: Any
-) -> str:
-    """Store `mapping.w_avg`, estimating it when the file has none; returns its origin."""
-    if w_avg is not None:
-        if not isinstance(w_avg, Tensor) or tuple(w_avg.shape) != (config.w_dim,):
-            raise CheckpointError(
-                f"{path}: W average: expected shape ({config.w_dim},), found {describe(w_avg)}"
-            )
-        tensors["mapping.w_avg"] = w_avg.detach().to(torch.float32)
-        return "checkpoint"
-    mapping = MappingNetwork(config)
-    weights = {
-        k.removeprefix("mapping."): v for k, v in tensors.items() if k.startswith("mapping.")
-    }
-    mapping.load_state_dict({**weights, "w_avg": torch.zeros(config.w_dim)}, strict=True)
-    state = torch.Generator(device="cpu").manual_seed(_W_AVG_SEED)
-    z = torch.randn(_W_AVG_SAMPLES, config.z_dim, generator=state)
-    with torch.no_grad():
-        tensors["mapping.w_avg"] = mapping.to_w(z).mean(dim=0)
-    return f"estimated: mean of {_W_AVG_SAMPLES} mapped z (seed {_W_AVG_SEED})"
 
 
 def _make_config(path: Path, **options: Any) -> StyleGAN2Config:
@@ -314,15 +131,15 @@ def _unwrap_keys(path: Path, state: Mapping[str, Any]) -> dict[str, Any]:
 
 _ROSINALITY_CONV: dict[str, tuple[str, ShapeRule]] = {
     "weight": ("conv.weight", _leading_one),
-    "affine.weight": ("conv.modulation.weight", _same),
-    "affine.bias": ("conv.modulation.bias", _same),
-    "bias": ("activate.bias", _same),
+    "affine.weight": ("conv.modulation.weight", same),
+    "affine.bias": ("conv.modulation.bias", same),
+    "bias": ("activate.bias", same),
     "noise_strength": ("noise.weight", lambda shape: (1,)),
 }
 _ROSINALITY_TORGB: dict[str, tuple[str, ShapeRule]] = {
     "weight": ("conv.weight", _leading_one),
-    "affine.weight": ("conv.modulation.weight", _same),
-    "affine.bias": ("conv.modulation.bias", _same),
+    "affine.weight": ("conv.modulation.weight", same),
+    "affine.bias": ("conv.modulation.bias", same),
     "bias": ("bias", lambda shape: (1, shape[0], 1, 1)),
 }
 _ROSINALITY_FILTER = re.compile(r"(convs\.\d+\.conv\.blur|to_rgbs\.\d+\.upsample)\.kernel")
@@ -337,7 +154,7 @@ def _rosinality_locate(name: str) -> tuple[str, ShapeRule]:
     `to_rgb1`; noise images are `noises.noise_{i}` in layer order, 0 being the 4x4 conv.
     """
     if match := re.fullmatch(r"mapping\.fc(\d+)\.(weight|bias)", name):
-        return f"style.{int(match[1]) + 1}.{match[2]}", _same
+        return f"style.{int(match[1]) + 1}.{match[2]}", same
     if name == "synthesis.b4.const":
         return "input.input", _leading_one
     match = re.fullmatch(r"synthesis\.b(\d+)\.(conv0|conv1|torgb)\.(.+)", name)
@@ -356,11 +173,12 @@ def _rosinality_locate(name: str) -> tuple[str, ShapeRule]:
     return f"{'conv1' if resolution == 4 else f'convs.{index}'}.{key}", shape_rule
 
 
-def _read_rosinality(path: Path) -> Checkpoint:
+def read_rosinality(path: Path) -> Checkpoint:
+    """The StyleGAN2 generator of a rosinality-layout torch archive."""
     content = _torch_load(path)
     state, latent_avg, args = _rosinality_parts(path, content)
     config = _rosinality_config(path, state, args)
-    expected = _expected_shapes(config)
+    expected = stylegan2_shapes(config)
     del expected["mapping.w_avg"]  # lives outside the state dict, or is estimated
     upsample_filter = make_filter(config.blur_kernel) * 4
 
@@ -375,10 +193,10 @@ def _read_rosinality(path: Path) -> Checkpoint:
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
 
-    tensors = _map_tensors(path, state, expected, locate, drop)
+    tensors = map_tensors(path, state, expected, locate, drop)
     w_avg = None if latent_avg is None else _rosinality_latent_avg(path, latent_avg, config)
-    origin = _complete_w_avg(path, config, tensors, w_avg)
-    return Checkpoint(config, tensors, "rosinality", origin)
+    origin = complete_w_avg(path, build_mapping(config), tensors, w_avg)
+    return Checkpoint("stylegan2", config, tensors, "rosinality", origin)
 
 
 def _torch_load(path: Path) -> Any:
@@ -487,13 +305,6 @@ def _rosinality_latent_avg(path: Path, value: Any, config: StyleGAN2Config) -> T
 # NVIDIA stylegan2-ada-pytorch / stylegan3 pickles
 
 
-SUPPORTED = (
-    "exprlock reads unconditional StyleGAN2 generators of the 'skip' architecture (NVIDIA's "
-    "stylegan2-ada-pytorch and stylegan3 pickles of the StyleGAN2 config, rosinality .pt files, "
-    "exprlock safetensors)"
-)
-# Modules only StyleGAN3 (configs T and R) has: the Fourier-feature input and its layers.
-_STYLEGAN3_CLASSES = frozenset({"SynthesisInput"})
 _NVIDIA_G_CLASSES = frozenset(
     {"Generator", "MappingNetwork", "FullyConnectedLayer", "SynthesisNetwork", "SynthesisBlock",
      "SynthesisLayer", "ToRGBLayer"}
@@ -513,21 +324,14 @@ _NVIDIA_OPTIONS = frozenset(
      # execution only: precision, memory layout, fused or split modulated convolution
      "num_fp16_res", "channels_last", "fp16_channels_last", "fused_modconv_default"}
 )  # fmt: skip
-_NVIDIA_TOP_LEVEL = ("G", "D", "G_ema", "augment_pipe", "training_set_kwargs")
 
 
-def _read_nvidia(path: Path) -> Checkpoint:
-    data = unpickle_nvidia(path)
-    generator = data.get("G_ema") if isinstance(data, dict) else None
-    if not isinstance(generator, Record) or generator.class_name != "Generator":
-        found = sorted(map(str, data)) if isinstance(data, dict) else describe(data)
-        raise CheckpointError(
-            f"{path}: expected a dict with a 'G_ema' Generator network "
-            f"(keys {list(_NVIDIA_TOP_LEVEL)}), found {found}"
-        )
-    source = flatten_record(path, generator, lambda where, record: _check_module(path, where, record))
-    config = _nvidia_config(path, generator, source)
-    expected = _expected_shapes(config)
+def read_nvidia_stylegan2(path: Path, generator: Record, supported: str) -> Checkpoint:
+    """The StyleGAN2 generator of an NVIDIA pickle, from its `G_ema` record; `supported` says
+    what exprlock reads, for refusals."""
+    source = flatten_record(path, generator, lambda where, record: _check_module(path, where, record, supported))
+    config = _nvidia_config(path, generator, source, supported)
+    expected = stylegan2_shapes(config)
     del expected["mapping.w_avg"]  # absent when the network was built without tracking it
     resample_filter = make_filter(config.blur_kernel)
 
@@ -536,33 +340,25 @@ def _read_nvidia(path: Path) -> Checkpoint:
             return True  # used below
         return key.endswith(".resample_filter") and _check_filter(path, key, value, resample_filter)
 
-    tensors = _map_tensors(path, source, expected, lambda name: (name, _same), drop)
-    origin = _complete_w_avg(path, config, tensors, source.get("mapping.w_avg"))
-    return Checkpoint(config, tensors, "nvidia", origin)
+    tensors = map_tensors(path, source, expected, lambda name: (name, same), drop)
+    origin = complete_w_avg(path, build_mapping(config), tensors, source.get("mapping.w_avg"))
+    return Checkpoint("stylegan2", config, tensors, "nvidia", origin)
 
 
-def _check_module(path: Path, where: str, record: Record) -> None:
-    """Refuse a module a StyleGAN2 generator does not have, naming StyleGAN3 when it is one."""
+def _check_module(path: Path, where: str, record: Record, supported: str) -> None:
+    """Refuse a module a StyleGAN2 generator does not have."""
     if record.class_name in _NVIDIA_G_CLASSES:
         return
-    found = f"G_ema.{where} is a {record.class_name!r} module"
-    if record.class_name in _STYLEGAN3_CLASSES:
-        raise CheckpointError(f"{path}: a StyleGAN3 generator ({found}); {SUPPORTED}")
     raise CheckpointError(
-        f"{path}: {found}, not one of a StyleGAN2 generator's {sorted(_NVIDIA_G_CLASSES)}; {SUPPORTED}"
+        f"{path}: G_ema.{where} is a {record.class_name!r} module, not one of a StyleGAN2 generator's {sorted(_NVIDIA_G_CLASSES)}; {supported}"
     )
 
 
-def _nvidia_config(path: Path, generator: Record, source: Mapping[str, Any]) -> StyleGAN2Config:
+def _nvidia_config(
+    path: Path, generator: Record, source: Mapping[str, Any], supported: str
+) -> StyleGAN2Config:
     """Architecture from G_ema's module attributes and tensor shapes, refusing what we lack."""
     options = _nvidia_options(path, generator)
-    require(
-        path,
-        "G_ema.c_dim",
-        attr(path, generator, "c_dim"),
-        0,
-        f"a conditional generator; {SUPPORTED}",
-    )
     require(
         path,
         "G_ema.img_channels",
@@ -582,7 +378,7 @@ def _nvidia_config(path: Path, generator: Record, source: Mapping[str, Any]) -> 
     for res in resolutions:
         block = child(path, synthesis, f"b{res}")
         require(
-            path, f"G_ema.synthesis.b{res}.architecture", attr(path, block, "architecture"), "skip", SUPPORTED
+            path, f"G_ema.synthesis.b{res}.architecture", attr(path, block, "architecture"), "skip", supported
         )
         for name in ("conv0", "conv1") if res > 4 else ("conv1",):
             layer = child(path, block, name)
@@ -606,7 +402,8 @@ def _nvidia_config(path: Path, generator: Record, source: Mapping[str, Any]) -> 
         path,
         resolution=resolutions[-1],
         channels={res: shape(f"synthesis.b{res}.conv1.weight")[0] for res in resolutions},
-        z_dim=shape("mapping.fc0.weight")[1],
+        z_dim=int(attr(path, generator, "z_dim")),
+        c_dim=int(attr(path, generator, "c_dim")),
         w_dim=shape(f"mapping.fc{num_layers - 1}.weight")[0],
         mapping_layers=num_layers,
         mapping_lr_multiplier=lr_multiplier,
@@ -633,34 +430,3 @@ def _nvidia_options(path: Path, generator: Record) -> dict[str, Any]:
     return options
 
 
-# --------------------------------------------------------------------------------------------
-# exprlock safetensors
-
-
-def _read_safetensors(path: Path) -> Checkpoint:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            source = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own, unexported error types
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({one_line_reason(exc)})"
-        ) from None
-    if metadata.get("format") != SAFETENSORS_FORMAT:
-        raise CheckpointError(
-            f"{path}: metadata 'format' is {metadata.get('format')!r}, "
-            f"expected {SAFETENSORS_FORMAT!r}"
-        )
-    if metadata.get("format_version") != SAFETENSORS_VERSION:
-        raise CheckpointError(
-            f"{path}: metadata 'format_version' is {metadata.get('format_version')!r}, "
-            f"expected {SAFETENSORS_VERSION!r}"
-        )
-    try:
-        config = StyleGAN2Config.from_dict(json.loads(metadata.get("config", "")))
-    except (ConfigError, json.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: metadata 'config': {exc}") from None
-    tensors = _map_tensors(
-        path, source, _expected_shapes(config), lambda n: (n, _same), lambda k, v: False
-    )
-    return Checkpoint(config, tensors, "safetensors", metadata.get("w_avg", "checkpoint"))
