@@ -4,10 +4,11 @@ Version 1.0 holds the source columns. Version 1.1 adds, all nullable, the edit (
 strength, editor, lambda, edited latent and image) and the scores of both faces: emotion
 probabilities and label, flip flag, Jensen-Shannon divergence, identity cosine, landmark NME,
 attribute scores, face detection, and the provenance of every model that produced a score. A
-run without edits writes one row per source with the edit columns null. Versions 1.2 to 1.4 add
+run without edits writes one row per source with the edit columns null. Versions 1.2 to 1.5 add
 nullable columns (see the comments at their fields); 1.4 adds `split`, the seed's split. Shards of
 1.3 and earlier have no `split`: readers that need it compute it from the seed with
-`pipeline.splits.assign_splits`, as the writer does.
+`pipeline.splits.assign_splits`, as the writer does. 1.5 adds `generator_class`, the class a
+conditional generator rendered (null for unconditional generators and in older shards).
 
 Every field carries a description (and unit where one applies) in its metadata; the schema
 metadata carries the schema version and a creator record. Column names are the constants of
@@ -22,7 +23,7 @@ import json
 
 import pyarrow as pa
 
-CURRENT_VERSION = "1.4"
+CURRENT_VERSION = "1.5"
 SCHEMA_METADATA_KEY = b"exprlock"
 
 
@@ -36,6 +37,7 @@ class Col:
     LATENT_SHAPE = "latent_shape"
     GENERATOR = "generator"
     GENERATOR_SHA256 = "generator_sha256"
+    GENERATOR_CLASS = "generator_class"
     IMAGE_SOURCE = "image_source"
     IMAGE_SOURCE_SHA256 = "image_source_sha256"
     SCHEMA_VERSION = "schema_version"
@@ -220,7 +222,24 @@ _FIELDS_V1_4 = _FIELDS_V1_3 + (
     ),
 )
 
-_SCHEMAS = {"1.0": _FIELDS_V1, "1.1": _FIELDS_V1_1, "1.2": _FIELDS_V1_2, "1.3": _FIELDS_V1_3, "1.4": _FIELDS_V1_4}
+# 1.5: the class a conditional generator rendered the row's faces in.
+_FIELDS_V1_5 = _FIELDS_V1_4 + (
+    _field(
+        Col.GENERATOR_CLASS,
+        pa.int32(),
+        "Class index (one-hot c) of a conditional generator, from generator.class_index; null when unconditional",
+        nullable=True,
+    ),
+)
+
+_SCHEMAS = {
+    "1.0": _FIELDS_V1,
+    "1.1": _FIELDS_V1_1,
+    "1.2": _FIELDS_V1_2,
+    "1.3": _FIELDS_V1_3,
+    "1.4": _FIELDS_V1_4,
+    "1.5": _FIELDS_V1_5,
+}
 COLUMNS = tuple(field.name for field in _SCHEMAS[CURRENT_VERSION])
 
 

@@ -151,7 +151,8 @@ def _generator_section(run_dir: Path) -> str:
     lines = ["## Generator", "", f"- **{record.get('family', 'unknown')}** `{record.get('name')}` (SHA-256 `{record.get('sha256')}`)"]
     labels = (("format", "file format"), ("latent", "latent space"), ("resolution", "resolution (px)"),
               ("truncation_psi", "truncation psi"), ("truncation_cutoff", "truncation cutoff (W+ rows)"),
-              ("noise_mode", "noise"), ("w_avg", "W average (the truncation centre)"))  # fmt: skip
+              ("noise_mode", "noise"), ("classes", "classes (conditional generator)"),
+              ("class_index", "class rendered (one-hot c)"), ("w_avg", "W average (the truncation centre)"))  # fmt: skip
     lines += [f"- {label}: {record[key]}" for key, label in labels if key in record and record[key] is not None]
     if "config" in record:
         config = yaml.safe_dump(record["config"], sort_keys=False).rstrip()

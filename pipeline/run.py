@@ -133,6 +133,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
             Col.LATENT_SHAPE: [list(generator.latent_shape)] * count,
             Col.GENERATOR: [generator_name] * count,
             Col.GENERATOR_SHA256: [generator_sha] * count,
+            Col.GENERATOR_CLASS: [config.generator.class_index] * count,
             Col.SCHEMA_VERSION: [CURRENT_VERSION] * count,
             Col.CREATED_AT: [created] * count,
         }

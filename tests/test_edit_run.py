@@ -30,6 +30,8 @@ from pipeline.run import generate_shard, write_contact_sheet
 from pipeline.scoring import load_scorer
 from pipeline.editing.files import editor_path
 from pipeline.train_editors import required_editors, train_editor
+from nvidia_fixtures import dump_nvidia, nvidia_stylegan3, stylegan3_config
+from pipeline.generators.stylegan3 import StyleGAN3Generator
 from stylegan2_fixtures import save_rosinality, small_config, small_generator
 
 ALL_METHODS = ["linear", "linear_projected", "editor", "editor_hfld", "refined"]
@@ -152,6 +154,53 @@ def test_w_plus_editing_runs_unchanged_on_a_stylegan2_checkpoint(tmp_path: Path)
         assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     refined = frame[frame[Col.EDITOR] == "refined"]
     assert (refined[Col.LANDMARK_NME] >= 0).all() and refined[Col.EMOTION_PROBS_EDIT].map(len).eq(7).all()
+
+
+def random_stylegan3_pickle(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small conditional StyleGAN3-T (32 px, 2 classes) with random weights, as an NVIDIA pickle."""
+    options = {"z_dim": 32, "w_dim": 32, "c_dim": 2, "img_resolution": 32, "img_channels": 3,
+               "mapping_kwargs": {"num_layers": 2}, "channel_base": 512, "channel_max": 16}  # fmt: skip
+    torch.manual_seed(3)
+    generator = StyleGAN3Generator(stylegan3_config({"options": options}), class_index=0)
+    with torch.no_grad():
+        generator.synthesis.input.affine.weight.normal_(0, 0.3)
+        generator.mapping.w_avg.normal_()
+    g_ema = nvidia_stylegan3({"options": options}, generator.state_dict())
+    return dump_nvidia(path, {"G_ema": g_ema, "G": None, "D": None}, monkeypatch)
+
+
+@pytest.mark.slow
+def test_w_plus_editing_runs_unchanged_on_a_conditional_stylegan3_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discovery, editor training and generate on a StyleGAN3 pickle, rendering class 1."""
+    checkpoint = random_stylegan3_pickle(tmp_path / "stylegan3.pkl", monkeypatch)
+    config = small_edit_config(
+        tmp_path / "models",
+        "skin_lightness",
+        2.0,
+        generator={"kind": "stylegan3", "checkpoint": str(checkpoint), "class_index": 1},
+        sources={"count": 3, "first_seed": 500},
+    )
+    generator, name, _ = load_generator("stylegan3", str(checkpoint), 1.0, "cpu", 1)
+    assert isinstance(generator, StyleGAN3Generator) and name == "stylegan3:stylegan3.pkl"
+    train_models(config, generator)
+    run_dir = prepare_run(config, tmp_path / "run")
+    generate_shard(config, run_dir, 0)
+    frame = read_manifest(run_dir).to_pandas()
+    assert len(frame) == 3 * len(ALL_METHODS)
+    assert all(list(shape) == list(generator.latent_shape) for shape in frame[Col.LATENT_SHAPE])
+    assert frame[Col.GENERATOR_CLASS].eq(1).all()
+    sources = generator.sample_latents([500, 501, 502])
+    first = frame[frame[Col.SEED] == 500].iloc[0]
+    torch.testing.assert_close(torch.tensor(first[Col.LATENT]).view(sources.shape[1:]), sources[0])
+    assert frame[Col.EMOTION_PROBS_EDIT].map(len).eq(7).all()
+    record = json.loads((run_dir / GENERATOR_FILE).read_text())
+    assert (record["family"], record["format"], record["class_index"], record["classes"]) == ("StyleGAN3-T", "nvidia", 1, 2)
+    card = write_card(run_dir).read_text()
+    assert "- **StyleGAN3-T** `stylegan3:stylegan3.pkl`" in card and "- class rendered (one-hot c): 1" in card
+    with pytest.raises(Exception, match=r"holds a StyleGAN3 generator but generator.kind is 'stylegan2'; set generator.kind: stylegan3"):
+        load_generator("stylegan2", str(checkpoint), 1.0, "cpu", 1)
 
 
 @pytest.mark.slow

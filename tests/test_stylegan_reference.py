@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from nvidia_fixtures import EasyDict, Persistent, dump_nvidia, fully_connected, nvidia_generator, persistent
+from nvidia_fixtures import dump_nvidia, nvidia_generator, nvidia_stylegan3, stylegan3_config
 from pipeline.errors import CheckpointError
 from pipeline.generators.checkpoints import convert_checkpoint, load_stylegan, read_checkpoint
 from pipeline.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator, channels_nvidia
-from pipeline.generators.stylegan3 import StyleGAN3Config, StyleGAN3Generator
+from pipeline.generators.stylegan3 import StyleGAN3Generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,96 +41,6 @@ def reference(name: str) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, T
         state = {key[len(prefix):]: torch.from_numpy(data[key].copy()) for key in data.files if key.startswith(prefix)}
         arrays = {part: torch.from_numpy(data[f"{name}/{part}"].copy()) for part in ("z", "ws", "images")}
     return meta, state, arrays
-
-
-def stylegan3_config(meta: dict[str, Any]) -> StyleGAN3Config:
-    options = meta["options"]
-    layer_options = {key: options[key] for key in ("conv_kernel", "use_radial_filters") if key in options}
-    return StyleGAN3Config(
-        resolution=options["img_resolution"],
-        z_dim=options["z_dim"],
-        w_dim=options["w_dim"],
-        c_dim=options["c_dim"],
-        mapping_layers=options["mapping_kwargs"]["num_layers"],
-        channel_base=options["channel_base"],
-        channel_max=options["channel_max"],
-        **layer_options,
-    )
-
-
-def parameter(state: dict[str, Tensor], key: str) -> nn.Parameter:
-    return nn.Parameter(state[key].clone())
-
-
-def nvidia_stylegan3(meta: dict[str, Any], state: dict[str, Tensor]) -> Persistent:
-    """G_ema as NVIDIA's networks_stylegan3.py builds it, holding NVIDIA's tensors."""
-    options, config = meta["options"], stylegan3_config(meta)
-    specs = config.layers()
-
-    def affine(prefix: str, lr: float = 1.0, activation: str = "linear") -> Persistent:
-        return fully_connected(state[f"{prefix}.weight"], state[f"{prefix}.bias"], lr, activation)
-
-    first = specs[0]
-    size = np.broadcast_to(np.asarray(first.in_size), [2])
-    inputs = persistent(
-        "SynthesisInput",
-        {"w_dim": config.w_dim, "channels": first.in_channels, "size": first.in_size,
-         "sampling_rate": first.in_sampling_rate, "bandwidth": first.in_cutoff},
-        size=size,
-    )  # fmt: skip
-    inputs.weight = parameter(state, "synthesis.input.weight")
-    inputs.affine = affine("synthesis.input.affine")
-    for name in ("transform", "freqs", "phases"):
-        inputs.register_buffer(name, state[f"synthesis.input.{name}"].clone())
-    synthesis = persistent(
-        "SynthesisNetwork",
-        {"w_dim": config.w_dim, "img_resolution": config.resolution, "img_channels": 3},
-        num_ws=config.num_ws, num_layers=config.num_layers, num_critical=config.num_critical,
-        margin_size=config.margin_size, output_scale=config.output_scale, num_fp16_res=4,
-        layer_names=[spec.name for spec in specs],
-    )  # fmt: skip
-    synthesis.input = inputs
-    for spec in specs:
-        prefix = f"synthesis.{spec.name}"
-        layer = persistent(
-            "SynthesisLayer",
-            {"w_dim": config.w_dim, "is_torgb": spec.is_torgb, "is_critically_sampled": spec.is_critically_sampled,
-             "use_fp16": False, "in_channels": spec.in_channels, "out_channels": spec.out_channels,
-             "in_size": spec.in_size, "out_size": spec.out_size, "in_sampling_rate": spec.in_sampling_rate,
-             "out_sampling_rate": spec.out_sampling_rate, "in_cutoff": np.float64(spec.in_cutoff),
-             "out_cutoff": np.float64(spec.out_cutoff), "in_half_width": np.float64(spec.in_half_width),
-             "out_half_width": np.float64(spec.out_half_width), "conv_kernel": spec.conv_kernel,
-             "use_radial_filters": config.use_radial_filters, "conv_clamp": config.conv_clamp,
-             "magnitude_ema_beta": 0.999},
-            in_size=np.broadcast_to(np.asarray(spec.in_size), [2]),
-            out_size=np.broadcast_to(np.asarray(spec.out_size), [2]),
-            up_factor=spec.up_factor, down_factor=spec.down_factor, up_taps=spec.up_taps,
-            down_taps=spec.down_taps, down_radial=spec.down_radial, padding=list(spec.padding),
-        )  # fmt: skip
-        layer.affine = affine(f"{prefix}.affine")
-        layer.weight, layer.bias = parameter(state, f"{prefix}.weight"), parameter(state, f"{prefix}.bias")
-        layer.register_buffer("magnitude_ema", state[f"{prefix}.magnitude_ema"].clone())
-        for name in ("up_filter", "down_filter"):
-            layer.register_buffer(name, state[f"{prefix}.{name}"].clone() if f"{prefix}.{name}" in state else None)
-        setattr(synthesis, spec.name, layer)
-    mapping = persistent(
-        "MappingNetwork",
-        {"z_dim": config.z_dim, "c_dim": config.c_dim, "w_dim": config.w_dim, "num_ws": config.num_ws},
-        num_layers=config.mapping_layers,
-        w_avg_beta=0.998,
-        embed=None,
-    )
-    if config.c_dim:
-        mapping.embed = affine("mapping.embed")
-    for i in range(config.mapping_layers):
-        setattr(mapping, f"fc{i}", affine(f"mapping.fc{i}", 0.01, "lrelu"))
-    mapping.register_buffer("w_avg", state["mapping.w_avg"].clone())
-    init = {key: value for key, value in options.items() if key != "mapping_kwargs"}
-    init |= {"mapping_kwargs": EasyDict(options["mapping_kwargs"]), "magnitude_ema_beta": 0.999, "num_fp16_res": 4}
-    g = persistent("Generator", {key: options[key] for key in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels")})
-    g._init_kwargs, g.num_ws = init, config.num_ws
-    g.synthesis, g.mapping = synthesis, mapping
-    return g
 
 
 def class_of(meta: dict[str, Any], row: int) -> int | None:
