@@ -10,6 +10,7 @@ from NVIDIA's state dict, loaded by exprlock and rendered from NVIDIA's W+ laten
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from functools import cache
 from pathlib import Path
@@ -134,3 +135,43 @@ def test_conditional_stylegan2_renders_each_class_as_nvidia_code(tmp_path: Path,
             torch.testing.assert_close(ws, arrays["ws"][row : row + 1], rtol=1e-5, atol=1e-5)
             image = loaded.synthesize(arrays["ws"][row : row + 1], noise_mode="const")
         assert (image - arrays["images"][row : row + 1].clamp(-1, 1)).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("config_name", "resolution"), [("T", 64), ("R", 64), ("T", 256), ("R", 256)])
+def test_matches_nvidia_stylegan3_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config_name: str, resolution: int) -> None:
+    """NVIDIA's StyleGAN3, pickled by its own persistence module (the real file format), renders
+    as exprlock's port, with a moved input and truncation.
+
+    Needs a checkout of NVlabs/stylegan3 (its CPU reference paths run without compiling anything;
+    `torch_utils` imports `pkg_resources`, from setuptools < 81).
+    """
+    repo = os.environ.get("EXPRLOCK_STYLEGAN3_REFERENCE")
+    if not repo:
+        pytest.skip("set EXPRLOCK_STYLEGAN3_REFERENCE to a checkout of NVlabs/stylegan3")
+    monkeypatch.syspath_prepend(repo)
+    from training.networks_stylegan3 import Generator  # type: ignore[import-not-found]
+
+    options: dict[str, Any] = {"channel_base": 1024, "channel_max": 16}
+    if config_name == "R":
+        options |= {"channel_base": 2048, "channel_max": 32, "conv_kernel": 1, "use_radial_filters": True}
+    torch.manual_seed(1)
+    network = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=resolution, img_channels=3, mapping_kwargs={"num_layers": 2}, **options)
+    with torch.no_grad():
+        for name, tensor in network.named_parameters():
+            tensor.copy_(torch.randn_like(tensor) * (0.5 if "affine" in name else 1.0))
+        network.mapping.w_avg.normal_()
+    path = tmp_path / "reference.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": network.eval(), "G": None, "D": None}))
+    loaded = load_stylegan(path, truncation_psi=0.7, truncation_cutoff=4)
+    assert isinstance(loaded, StyleGAN3Generator) and loaded.config.name == config_name
+    loaded.set_input_transform(translate=(0.05, -0.1), rotate=15.0)
+    network.synthesis.input.transform.copy_(loaded.synthesis.input.transform)
+    z = torch.randn(2, 32)
+    with torch.no_grad():
+        ws = network.mapping(z, None, truncation_psi=0.7, truncation_cutoff=4)
+        expected = network.synthesis(ws, force_fp32=True).clamp(-1, 1)
+        torch.testing.assert_close(loaded.mapping(z, psi=0.7, cutoff=4), ws, rtol=1e-5, atol=1e-5)
+        difference = (loaded.synthesize(ws) - expected).abs().max().item()
+    print(f"StyleGAN3-{config_name} {resolution} px: max abs difference {difference:.2e}")
+    assert difference < 1e-3
