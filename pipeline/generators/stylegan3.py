@@ -245,20 +245,37 @@ def lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, *, radi
     return torch.as_tensor(taps / taps.sum(), dtype=torch.float32)
 
 
-def _fir(x: Tensor, taps: Tensor | None, *, gain: float, stride: int = 1) -> Tensor:
-    """Convolve every channel with `taps` (flipped: a true convolution), then keep every
-    `stride`-th sample. 1-D taps run separably, along the width then the height."""
+def _upsample(x: Tensor, taps: Tensor | None, up: int, padding: tuple[int, int, int, int]) -> Tensor:
+    """Zero insertion by `up`, `padding` (negative crops), then the separable low-pass `taps`
+    with gain up**2, computed without the zeros: a stride-`up` transposed convolution per axis
+    is the full convolution of the zero-stuffed signal, cut to the padded window."""
+    left, right, top, bottom = padding
+    if taps is None:
+        if up != 1:
+            raise ValueError(f"upsampling by {up} needs a low-pass filter")
+        return F.pad(x, [left, right, top, bottom])
+    if taps.ndim != 1:
+        raise ValueError(f"the upsampling filter must be separable (1-D taps), got shape {tuple(taps.shape)}")
+    channels, k = x.shape[1], taps.shape[0]
+    line = (taps * up).to(x.dtype)  # gain up per axis
+    x = F.conv_transpose2d(x, line.view(1, 1, 1, k).repeat(channels, 1, 1, 1), stride=(1, up), groups=channels)
+    x = F.conv_transpose2d(x, line.view(1, 1, k, 1).repeat(channels, 1, 1, 1), stride=(up, 1), groups=channels)
+    # The full convolution starts k - 1 samples before the padded window and ends up - 1 early.
+    return F.pad(x, [left - k + 1, right - k + up, top - k + 1, bottom - k + up])
+
+
+def _downsample(x: Tensor, taps: Tensor | None, down: int) -> Tensor:
+    """The low-pass `taps` (flipped: a true convolution; 1-D ones run separably), keeping every
+    `down`-th sample."""
     channels = x.shape[1]
     if taps is None:
-        x = x * gain if gain != 1 else x
-        return x[:, :, ::stride, ::stride] if stride > 1 else x
+        return x[:, :, ::down, ::down] if down > 1 else x
     taps = taps.to(x.dtype)
     if taps.ndim == 2:
-        weight = (taps * gain).flip([0, 1])[None, None].repeat(channels, 1, 1, 1)
-        return F.conv2d(x, weight, stride=stride, groups=channels)
-    line = (taps * math.sqrt(gain)).flip([0])
-    x = F.conv2d(x, line[None, None, None].repeat(channels, 1, 1, 1), stride=(1, stride), groups=channels)
-    return F.conv2d(x, line[None, None, :, None].repeat(channels, 1, 1, 1), stride=(stride, 1), groups=channels)
+        return F.conv2d(x, taps.flip([0, 1])[None, None].repeat(channels, 1, 1, 1), stride=down, groups=channels)
+    line = taps.flip([0])
+    x = F.conv2d(x, line.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), stride=(1, down), groups=channels)
+    return F.conv2d(x, line.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), stride=(down, 1), groups=channels)
 
 
 def filtered_lrelu(
@@ -277,24 +294,19 @@ def filtered_lrelu(
     """Bias, upsample (zero insertion, pad, low-pass with gain up**2), leaky ReLU times `gain`,
     clamp to +-`clamp`, low-pass and downsample: NVIDIA's `filtered_lrelu` semantics.
 
-    `padding` is (left, right, top, bottom) on the upsampled signal; negative values crop.
+    `padding` is (left, right, top, bottom) on the upsampled signal; negative values crop. The
+    depthwise filtering runs in channels-last layout, several times faster on CPU; the result is
+    returned contiguous for the next layer's convolution.
     """
-    x = x + bias.to(x.dtype)[None, :, None, None]
-    batch, channels, height, width = x.shape
-    if up > 1:
-        x = x.reshape(batch, channels, height, 1, width, 1)
-        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1]).reshape(batch, channels, height * up, width * up)
-    left, right, top, bottom = padding
-    x = F.pad(x, [max(left, 0), max(right, 0), max(top, 0), max(bottom, 0)])
-    x = x[:, :, max(-top, 0) : x.shape[2] - max(-bottom, 0), max(-left, 0) : x.shape[3] - max(-right, 0)]
-    x = _fir(x, up_filter, gain=float(up * up))
+    x = (x + bias.to(x.dtype)[None, :, None, None]).contiguous(memory_format=torch.channels_last)
+    x = _upsample(x, up_filter, up, padding)
     if slope != 1:
         x = F.leaky_relu(x, slope)
     if gain != 1:
         x = x * gain
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
-    return _fir(x, down_filter, gain=1.0, stride=down)
+    return _downsample(x, down_filter, down).contiguous()
 
 
 def modulated_conv2d(
