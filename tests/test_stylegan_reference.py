@@ -64,7 +64,8 @@ def test_stylegan3_pickle_renders_as_nvidia_code(tmp_path: Path, monkeypatch: py
             ws = loaded.mapping(arrays["z"][row : row + 1], loaded.class_vector(1), psi=meta["psi"], cutoff=meta["cutoff"])
             torch.testing.assert_close(ws, arrays["ws"][row : row + 1], rtol=1e-5, atol=1e-5)
             image = loaded.synthesize(arrays["ws"][row : row + 1])
-        assert (image - expected[row : row + 1]).abs().max() < 1e-3
+        # Float32 rounding stays far inside both bounds (about 1e-6 on these networks).
+        assert (image - expected[row : row + 1]).abs().max() < (1e-5 if meta["options"]["c_dim"] else 1e-3)
 
 
 def test_input_transform_is_the_one_nvidia_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
