@@ -144,45 +144,48 @@ def build_mapping(config: Any) -> MappingNetwork:
 
 
 class MappedGenerator(FaceGenerator):
-    """A generator edited in W+: seeds become W+ latents through `self.mapping`.
+    """A StyleGAN generator edited in W+: seeds become W+ latents through `self.mapping`.
 
-    Subclasses build `self.mapping` and the synthesis network and call `_init_latents`.
+    Builds the mapping network from `config` (a `StyleGAN2Config` or `StyleGAN3Config`);
+    subclasses add the synthesis network. `source_format` and `w_avg_origin` say where the
+    weights came from; the checkpoint loader sets both from the file it reads.
     """
 
-    mapping: MappingNetwork
-
-    def _init_latents(
+    def __init__(
         self,
+        config: Any,
         *,
-        z_dim: int,
-        w_dim: int,
-        num_ws: int,
-        c_dim: int,
         truncation_psi: float,
         truncation_cutoff: int | None,
         class_index: int | None,
     ) -> None:
-        self.z_dim = z_dim
-        self.w_dim = w_dim
-        self.num_ws = num_ws
-        self.c_dim = c_dim
-        self.latent_shape = (num_ws, w_dim)
+        super().__init__()
+        self.config = config
+        self.resolution = config.resolution
+        self.z_dim, self.w_dim, self.num_ws, self.c_dim = config.z_dim, config.w_dim, config.num_ws, config.c_dim
+        self.latent_shape = (config.num_ws, config.w_dim)
         if not math.isfinite(truncation_psi):
             raise ConfigError(f"truncation_psi: expected a finite number, got {truncation_psi}")
-        if truncation_cutoff is not None and not 1 <= truncation_cutoff <= num_ws:
+        if truncation_cutoff is not None and not 1 <= truncation_cutoff <= config.num_ws:
             raise ConfigError(
-                f"truncation_cutoff: expected None or 1..{num_ws}, got {truncation_cutoff}"
+                f"truncation_cutoff: expected None or 1..{config.num_ws}, got {truncation_cutoff}"
             )
         self.truncation_psi = float(truncation_psi)
         self.truncation_cutoff = truncation_cutoff
-        self.class_index = check_class_index(class_index, c_dim)
+        self.class_index = check_class_index(class_index, config.c_dim)
+        self.mapping = build_mapping(config)
+        self.source_format = "none (weights not read from a file)"
+        self.w_avg_origin = "none (weights not read from a file)"
 
     def describe(self) -> dict[str, Any]:
         conditional = {"class_index": self.class_index, "classes": self.c_dim} if self.c_dim else {}
         return super().describe() | {
+            "format": self.source_format,
+            "config": self.config.to_dict(),
             "latent": f"W+ ({self.num_ws} x {self.w_dim}) from z ~ N(0, I) in R^{self.z_dim}, one draw per seed",
             "truncation_psi": self.truncation_psi,
             "truncation_cutoff": self.truncation_cutoff,
+            "w_avg": self.w_avg_origin,
             **conditional,
         }
 

@@ -45,7 +45,6 @@ from pipeline.generators.mapping import (
     LRELU_SLOPE,
     EqualizedLinear,
     MappedGenerator,
-    build_mapping,
 )
 
 NoiseMode = Literal["const", "random", "none"]
@@ -489,32 +488,16 @@ class StyleGAN2Generator(MappedGenerator):
         noise_mode: NoiseMode = "const",
         class_index: int | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.resolution = config.resolution
-        self._init_latents(
-            z_dim=config.z_dim,
-            w_dim=config.w_dim,
-            num_ws=config.num_ws,
-            c_dim=config.c_dim,
-            truncation_psi=truncation_psi,
-            truncation_cutoff=truncation_cutoff,
-            class_index=class_index,
+        super().__init__(
+            config, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, class_index=class_index
         )
         self.noise_mode = _check_noise_mode(noise_mode)
-        self.mapping = build_mapping(config)
         self.synthesis = SynthesisNetwork(config)
-        # Where the weights came from; `load_stylegan2` sets both from the file it reads.
-        self.source_format = "none (weights not read from a file)"
-        self.w_avg_origin = "none (weights not read from a file)"
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
             "family": "StyleGAN2",
-            "format": self.source_format,
-            "config": self.config.to_dict(),
             "noise_mode": self.noise_mode,
-            "w_avg": self.w_avg_origin,
         }
 
     def synthesize(

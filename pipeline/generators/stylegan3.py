@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, ImageError
-from pipeline.generators.mapping import LRELU_GAIN, LRELU_SLOPE, EqualizedLinear, MappedGenerator, build_mapping
+from pipeline.generators.mapping import LRELU_GAIN, LRELU_SLOPE, EqualizedLinear, MappedGenerator
 
 _DEMOD_EPS = 1e-8
 
@@ -494,30 +494,14 @@ class StyleGAN3Generator(MappedGenerator):
         truncation_cutoff: int | None = None,
         class_index: int | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.resolution = config.resolution
-        self._init_latents(
-            z_dim=config.z_dim,
-            w_dim=config.w_dim,
-            num_ws=config.num_ws,
-            c_dim=config.c_dim,
-            truncation_psi=truncation_psi,
-            truncation_cutoff=truncation_cutoff,
-            class_index=class_index,
+        super().__init__(
+            config, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, class_index=class_index
         )
-        self.mapping = build_mapping(config)
         self.synthesis = SynthesisNetwork(config)
-        # Where the weights came from; the checkpoint loader sets both from the file it reads.
-        self.source_format = "none (weights not read from a file)"
-        self.w_avg_origin = "none (weights not read from a file)"
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
             "family": f"StyleGAN3-{self.config.name}",
-            "format": self.source_format,
-            "config": self.config.to_dict(),
-            "w_avg": self.w_avg_origin,
         }
 
     def set_input_transform(self, *, translate: Sequence[float] = (0.0, 0.0), rotate: float = 0.0) -> None:
