@@ -1,1 +1,1 @@
-"""Face generators: the demo DCGAN, StyleGAN2 and the files they load from."""
+"""Face generators: the demo DCGAN, StyleGAN2, StyleGAN3 and the files they load from."""

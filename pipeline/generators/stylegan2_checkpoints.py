@@ -71,13 +71,8 @@ from pipeline.generators.nvidia_pickle import (
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.compile wrappers
 
 
-
 # --------------------------------------------------------------------------------------------
-# Public entry points
-
-
-# --------------------------------------------------------------------------------------------
-# The mapping engine shared by all formats
+# Shapes and checks shared by both formats
 
 
 def stylegan2_shapes(config: StyleGAN2Config) -> dict[str, tuple[int, ...]]:
