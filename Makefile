@@ -38,8 +38,10 @@ expression-lock-report: install
 	$(VENV)/bin/exprlock discover --config configs/expression-lock.yaml
 	$(VENV)/bin/exprlock train-editor --config configs/expression-lock.yaml
 	$(VENV)/bin/exprlock train-editor --config configs/expression-lock-3dmm.yaml
+	$(VENV)/bin/exprlock train-editor --config configs/expression-lock-identity.yaml
 	$(VENV)/bin/exprlock generate --config configs/expression-lock.yaml --out runs/expression-lock
 	$(VENV)/bin/exprlock generate --config configs/expression-lock-locked.yaml --out runs/expression-lock-locked
 	$(VENV)/bin/exprlock generate --config configs/expression-lock-3dmm.yaml --out runs/expression-lock-3dmm
+	$(VENV)/bin/exprlock generate --config configs/expression-lock-identity.yaml --out runs/expression-lock-identity
 	$(VENV)/bin/exprlock evaluate runs/expression-lock runs/expression-lock-locked runs/expression-lock-3dmm \
-		--out docs --name expression-lock
+		runs/expression-lock-identity --out docs --name expression-lock
