@@ -74,8 +74,9 @@ def check_device(device: str) -> None:
 
 
 def check_generator(config: RunConfig) -> str:
-    """The generator's weights are readable and of a known format; returns their SHA-256.
-    (A StyleGAN2 run always names a checkpoint: the config refuses one without.)"""
+    """The generator's weights are readable and of a known format; a StyleGAN file holds the
+    family `generator.kind` names and takes `generator.class_index`. Returns their SHA-256.
+    (A StyleGAN run always names a checkpoint: the config refuses one without.)"""
     path = config.checkpoint_path
     if path is None:
         asset_path(DEFAULT_GENERATOR)
@@ -88,9 +89,11 @@ def check_generator(config: RunConfig) -> str:
     except OSError as error:
         raise CheckpointError(f"generator.checkpoint: cannot read {path} ({error.strerror}); check its permissions") from None
     if config.generator_kind in STYLEGAN_KINDS:
-        from pipeline.generators.checkpoint_files import detect_format
+        from pipeline.generators.checkpoints import check_checkpoint, read_checkpoint
 
-        detect_format(path)
+        check_checkpoint(
+            path, read_checkpoint(path), kind=config.generator_kind, class_index=config.generator.class_index  # type: ignore[arg-type]
+        )
     return file_sha256(path)
 
 

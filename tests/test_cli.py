@@ -179,6 +179,21 @@ def test_an_unrecognised_checkpoint_is_refused(tmp_path: Path, no_server: list[s
     )
 
 
+def test_a_checkpoint_of_another_family_or_without_classes_is_refused(tmp_path: Path, no_server: list[str]) -> None:
+    from stylegan2_fixtures import save_rosinality, small_generator
+
+    save_rosinality(small_generator(), tmp_path / "g.pt")
+    config = write_config(tmp_path, QUICK + "generator: {kind: stylegan3, checkpoint: g.pt}\n")
+    message = refused(["--config", str(config), "--out", str(tmp_path / "run")], tmp_path, no_server)
+    assert message == (
+        f"generator.checkpoint: {tmp_path / 'g.pt'} holds a StyleGAN2 generator but generator.kind is 'stylegan3'; "
+        "set generator.kind: stylegan2"
+    )
+    config = write_config(tmp_path, QUICK + "generator: {kind: stylegan2, checkpoint: g.pt, class_index: 1}\n")
+    message = refused(["--config", str(config), "--out", str(tmp_path / "run")], tmp_path, no_server)
+    assert message == "generator.class_index: 1 was given but the generator is unconditional; remove it"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_missing_gpu_is_refused(tmp_path: Path, no_server: list[str]) -> None:
     config = write_config(tmp_path, QUICK)

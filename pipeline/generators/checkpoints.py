@@ -34,7 +34,7 @@ from pipeline.generators.checkpoint_files import (
     one_line_reason,
     same,
 )
-from pipeline.generators.mapping import MappedGenerator
+from pipeline.generators.mapping import MappedGenerator, check_class_index
 from pipeline.generators.nvidia_pickle import Record, unpickle_nvidia
 from pipeline.generators.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 from pipeline.generators.stylegan2_checkpoints import (
@@ -85,6 +85,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return read_nvidia_stylegan2(path, generator, SUPPORTED)
 
 
+def check_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint, *, kind: Family, class_index: int | None) -> None:
+    """The file holds the family `generator.kind` names, and `class_index` fits its classes."""
+    if checkpoint.family != kind:
+        name = checkpoint.family.replace("stylegan", "StyleGAN")
+        raise CheckpointError(
+            f"generator.checkpoint: {Path(path)} holds a {name} generator but generator.kind is {kind!r}; "
+            f"set generator.kind: {checkpoint.family}"
+        )
+    check_class_index(class_index, checkpoint.config.c_dim)
+
+
 def load_stylegan(
     path: str | os.PathLike[str],
     *,
@@ -92,15 +103,19 @@ def load_stylegan(
     truncation_psi: float = 1.0,
     truncation_cutoff: int | None = None,
     class_index: int | None = None,
+    kind: Family | None = None,
     **options: Any,
 ) -> MappedGenerator:
-    """A ready `StyleGAN2Generator` or `StyleGAN3Generator` for the file, whichever it holds.
+    """A ready `StyleGAN2Generator` or `StyleGAN3Generator` for the file, whichever it holds
+    (only the family `kind` when it is given).
 
     The parameters are frozen (`requires_grad=False`) and the module is in eval mode: gradients
     flow to latents, never to the weights. `options` go to the family's generator (StyleGAN2:
     `noise_mode`).
     """
     checkpoint = read_checkpoint(path)
+    if kind is not None:
+        check_checkpoint(path, checkpoint, kind=kind, class_index=class_index)
     family_class = StyleGAN3Generator if checkpoint.family == "stylegan3" else StyleGAN2Generator
     generator = family_class(
         checkpoint.config,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import STYLEGAN_KINDS, RunConfig
-from pipeline.errors import CheckpointError, ConfigError
+from pipeline.errors import ConfigError
 from pipeline.models.assets import asset_path, file_sha256
 from pipeline.generators.base import FaceGenerator
 
@@ -35,16 +35,11 @@ def load_generator(
         return load_dcgan(path, device=device), name, file_sha256(path)
     if kind in STYLEGAN_KINDS:
         from pipeline.generators.checkpoints import load_stylegan
-        from pipeline.generators.stylegan3 import StyleGAN3Generator
 
         path = Path(checkpoint or "")
-        generator = load_stylegan(path, device=device, truncation_psi=truncation_psi, class_index=class_index)
-        family = "stylegan3" if isinstance(generator, StyleGAN3Generator) else "stylegan2"
-        if family != kind:
-            raise CheckpointError(
-                f"generator.checkpoint: {path} holds a {family.replace('stylegan', 'StyleGAN')} generator "
-                f"but generator.kind is {kind!r}; set generator.kind: {family}"
-            )
+        generator = load_stylegan(
+            path, device=device, truncation_psi=truncation_psi, class_index=class_index, kind=kind  # type: ignore[arg-type]
+        )
         return generator, f"{kind}:{path.name}", file_sha256(path)
     raise ValueError(f"generator kind {kind!r} is not one of 'dcgan', {', '.join(map(repr, STYLEGAN_KINDS))}")
 
