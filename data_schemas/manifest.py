@@ -4,11 +4,12 @@ Version 1.0 holds the source columns. Version 1.1 adds, all nullable, the edit (
 strength, editor, lambda, edited latent and image) and the scores of both faces: emotion
 probabilities and label, flip flag, Jensen-Shannon divergence, identity cosine, landmark NME,
 attribute scores, face detection, and the provenance of every model that produced a score. A
-run without edits writes one row per source with the edit columns null. Versions 1.2 to 1.5 add
+run without edits writes one row per source with the edit columns null. Versions 1.2 to 1.6 add
 nullable columns (see the comments at their fields); 1.4 adds `split`, the seed's split. Shards of
 1.3 and earlier have no `split`: readers that need it compute it from the seed with
 `pipeline.splits.assign_splits`, as the writer does. 1.5 adds `generator_class`, the class a
-conditional generator rendered (null for unconditional generators and in older shards).
+conditional generator rendered (null for unconditional generators and in older shards); 1.6
+adds `edit_seconds`, what making the edit cost, so reports can price each method.
 
 Every field carries a description (and unit where one applies) in its metadata; the schema
 metadata carries the schema version and a creator record. Column names are the constants of
@@ -23,7 +24,7 @@ import json
 
 import pyarrow as pa
 
-CURRENT_VERSION = "1.5"
+CURRENT_VERSION = "1.6"
 SCHEMA_METADATA_KEY = b"exprlock"
 
 
@@ -38,6 +39,7 @@ class Col:
     GENERATOR = "generator"
     GENERATOR_SHA256 = "generator_sha256"
     GENERATOR_CLASS = "generator_class"
+    EDIT_SECONDS = "edit_seconds"
     IMAGE_SOURCE = "image_source"
     IMAGE_SOURCE_SHA256 = "image_source_sha256"
     SCHEMA_VERSION = "schema_version"
@@ -232,6 +234,17 @@ _FIELDS_V1_5 = _FIELDS_V1_4 + (
     ),
 )
 
+# 1.6: the wall time an edit cost, so a report can price each method.
+_FIELDS_V1_6 = _FIELDS_V1_5 + (
+    _field(
+        Col.EDIT_SECONDS,
+        pa.float32(),
+        "Wall seconds to make this edit: the edit itself, every lock candidate's render and scores, and the kept"
+        " image's scores; a batch's time shared equally by its rows",
+        nullable=True,
+    ),
+)
+
 _SCHEMAS = {
     "1.0": _FIELDS_V1,
     "1.1": _FIELDS_V1_1,
@@ -239,6 +252,7 @@ _SCHEMAS = {
     "1.3": _FIELDS_V1_3,
     "1.4": _FIELDS_V1_4,
     "1.5": _FIELDS_V1_5,
+    "1.6": _FIELDS_V1_6,
 }
 COLUMNS = tuple(field.name for field in _SCHEMAS[CURRENT_VERSION])
 

@@ -8,6 +8,7 @@ the Parquet rename is the commit. The ledger record (`pipeline.ledger`) follows 
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -101,7 +102,9 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
                 threshold = editing.threshold(spec.attribute)
                 before = scores.attribute(editing.score_name(spec.attribute))
                 signs = edit_directions(before, threshold)
+                started = time.perf_counter()
                 made = make_edit(config, editing, generator, scorer, spec, latents, scores, signs)
+                seconds = (time.perf_counter() - started) / len(batch)
                 after = made.scores.attribute(editing.score_name(spec.attribute))
                 edit = {
                     Col.ATTRIBUTE: [spec.attribute] * len(batch),
@@ -110,6 +113,7 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
                     Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
                     Col.PRESERVATION: [asdict(spec.weights)] * len(batch),
                     **made.lock_columns,
+                    Col.EDIT_SECONDS: [seconds] * len(batch),
                     Col.LATENT_EDIT: list(made.latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
                     **_save_images(
                         writer, [edit_image(index, seed, spec.slug) for seed in names], made.images, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256

@@ -84,6 +84,7 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     assert frame[Col.IDENTITY_COSINE].between(-1, 1).all() and (frame[Col.IDENTITY_COSINE] < 1).all()
     assert (frame[Col.LANDMARK_NME] > 0).all()
     assert frame[Col.EMOTION_PROBS_EDIT].map(len).eq(7).all()
+    assert (frame[Col.EDIT_SECONDS] > 0).all()  # what each edit cost, for the report's price per method
     threshold = read_report(tmp_path / "models")["success_thresholds"]["hair_lightness"]
     before, after = frame[Col.ATTRIBUTE_SCORE_SOURCE], frame[Col.ATTRIBUTE_SCORE_EDIT]
     crossed = ((before < threshold) & (after > threshold)) | ((before >= threshold) & (after < threshold))
