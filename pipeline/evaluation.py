@@ -304,6 +304,42 @@ def lock_table(edits: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows)
 
 
+def cost_table(edits: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mean wall seconds per edit as the runs recorded it (`edit_seconds`, schema
+    1.6: the edit, every lock candidate, and scoring the kept face) and its multiple of the
+    editor without preservation's. Empty for runs that did not record it."""
+    if Col.EDIT_SECONDS not in edits or edits[Col.EDIT_SECONDS].isna().all():
+        return pd.DataFrame()
+    timed = edits[edits[Col.EDIT_SECONDS].notna()]
+    table = timed.groupby([Col.EDITOR, Col.HFLD_LAMBDA], dropna=False).agg(
+        edits=(Col.SEED, "count"), seconds_per_edit=(Col.EDIT_SECONDS, "mean")
+    ).reset_index()
+    base = table.loc[table[Col.EDITOR] == "editor", "seconds_per_edit"]
+    table["relative_to_editor"] = table["seconds_per_edit"] / base.iloc[0] if len(base) else np.nan
+    order = table[Col.EDITOR].map(method_rank)
+    return table.assign(_order=order).sort_values(["_order", Col.HFLD_LAMBDA]).drop(columns="_order").reset_index(drop=True)
+
+
+def judge_floor(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -> pd.DataFrame:
+    """What PyEmotion reports between each distinct source face and its left-right mirror, which
+    shows the same expression: the judge's own noise, under which no edit can read. Means over
+    the sources it found a face in both times, with bootstrap 95 % intervals."""
+    from pipeline.judges.scores import mirror_changes
+
+    sources = edits.drop_duplicates(Col.IMAGE_SOURCE_SHA256)
+    changes = mirror_changes([Path(d) / p for d, p in zip(sources[RUN_DIR], sources[Col.IMAGE_SOURCE], strict=True)])
+    judged = changes[changes["judged"].astype(bool)]
+    if judged.empty:
+        return pd.DataFrame()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for metric, column in (("pyemotion_js", "js"), ("pyemotion_flip_rate", "flipped")):
+        values = judged[column].to_numpy(float)
+        low, high = _interval(values[rng.integers(0, len(values), size=(draws, len(values)))].mean(axis=1))
+        rows.append({"metric": metric, "sources": len(sources), "judged": len(judged), "value": values.mean(), "low": low, "high": high})
+    return pd.DataFrame.from_records(rows)
+
+
 def confident_sources(edits: pd.DataFrame, threshold: float = CONFIDENT) -> pd.DataFrame:
     """Edits whose source label is one the pipeline vouches for.
 
@@ -473,6 +509,13 @@ def write_report(
             "",
             markdown_table(summary[[*GROUP, *(c for c in JUDGE_METRICS if c in summary)]]),
             "",
+            "### The emotion judge against itself",
+            "",
+            "PyEmotion on each source face and on its left-right mirror, which shows the same expression:",
+            "what it reports between them is its own noise, a floor under the change it reports for any edit.",
+            "",
+            markdown_table(judge_floor(edits, draws=draws)),
+            "",
         ]
     lines += [
         "## Reduction in change against the editor without preservation terms, at equal attribute success",
@@ -501,6 +544,19 @@ def write_report(
             "of those, the edits the lock flagged as locked.",
             "",
             markdown_table(locks),
+            "",
+        ]
+    costs = cost_table(edits)
+    if len(costs):
+        lines += [
+            "## Cost per edit",
+            "",
+            "Wall seconds per edit as `generate` recorded them (`edit_seconds`): the edit, every lock",
+            "candidate's render and scores, and scoring the kept face, on the machine and threads that made",
+            "the runs; `relative_to_editor` is the multiple of the editor without preservation terms.",
+            "Training an editor is paid once per attribute and is not included.",
+            "",
+            markdown_table(costs),
             "",
         ]
     if judges:

@@ -19,7 +19,7 @@ from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_
 from pipeline.editing.files import read_report
 from pipeline.editing.editor import load_editor
 from pipeline.edits import edit_directions
-from pipeline.evaluation import summarise
+from pipeline.evaluation import cost_table, load_edits, summarise
 from pipeline.images import read_png
 from pipeline.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
@@ -107,6 +107,11 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     reduced = pd.read_csv(tmp_path / "report" / "hfld-evaluation-reductions.csv")
     assert {"pipeline", "pyemotion", "dlib68"} <= set(reduced["scorer"])
     assert {"base", "matched", "reduction", "low", "high"} <= set(reduced.columns)
+    # What each method cost per edit, and the emotion judge's own noise on mirrored sources.
+    assert "## Cost per edit" in report and "### The emotion judge against itself" in report
+    costs = cost_table(load_edits([run_dir])).set_index(Col.EDITOR)
+    assert costs.at["editor", "seconds_per_edit"] == pytest.approx(frame.loc[frame[Col.EDITOR] == "editor", Col.EDIT_SECONDS].mean())
+    assert costs.at["editor", "relative_to_editor"] == pytest.approx(1.0)
 
 
 @pytest.mark.slow

@@ -13,6 +13,10 @@ dlib's HOG for the landmarks):
 These are NaN when a face is missing. `pyemotion_kept` counts every edit: true only when both
 faces were found and the dominant emotion is the same, so a face lost to the edit is never
 counted as kept. `pyemotion_judged` and `dlib68_judged` say whether the judge found both faces.
+
+`mirror_changes` measures PyEmotion against itself: a face and its left-right mirror show the
+same expression, so whatever the judge reports between them is its own noise, the floor under
+every edit metric it gives.
 """
 
 from __future__ import annotations
@@ -68,8 +72,7 @@ def score_images(
             chunk = items[start : start + BATCH_SIZE]
             images = np.stack([read_png(path) for _, path in chunk])
             faces = dlib_judge(images)
-            boxes = np.array([found[0, :4] if len(found) else np.full(4, np.nan) for found in detector(images)])
-            probabilities = emotion_judge(images, boxes)
+            probabilities = emotion_judge(images, _largest_boxes(detector(images)))
             parts.append(pd.DataFrame(
                 {
                     "emotion_face": ~np.isnan(boxes[:, 0]),
@@ -85,6 +88,30 @@ def score_images(
         if cache is not None:
             _write_cache(cache, known)
     return known.loc[~known.index.duplicated(keep="last")]
+
+
+def mirror_changes(paths: Sequence[Path]) -> pd.DataFrame:
+    """PyEmotion on each image and on its left-right mirror, one row per image: `judged`
+    (MTCNN found a face in both), and `js` and `flipped` as an edit's metrics would read them."""
+    detector, emotion_judge = MTCNN(), PyEmotionJudge()
+    parts = []
+    for start in range(0, len(paths), BATCH_SIZE):
+        images = np.stack([read_png(path) for path in paths[start : start + BATCH_SIZE]])
+        mirrored = np.ascontiguousarray(images[:, :, ::-1])
+        p, q = (emotion_judge(batch, _largest_boxes(detector(batch))) for batch in (images, mirrored))
+        judged = ~np.isnan(p).any(axis=1) & ~np.isnan(q).any(axis=1)
+        p, q = np.nan_to_num(p), np.nan_to_num(q)
+        parts.append(pd.DataFrame({
+            "judged": judged,
+            "js": np.where(judged, js_divergence(p, q), np.nan),
+            "flipped": np.where(judged, p.argmax(axis=1) != q.argmax(axis=1), np.nan),
+        }))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _largest_boxes(found: list[np.ndarray]) -> np.ndarray:
+    """`(N, 4)` box of each image's first (largest) MTCNN face; NaN where it found none."""
+    return np.array([faces[0, :4] if len(faces) else np.full(4, np.nan) for faces in found])
 
 
 def edit_metrics(sources: pd.DataFrame, edits: pd.DataFrame) -> pd.DataFrame:
