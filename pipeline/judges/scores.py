@@ -72,7 +72,8 @@ def score_images(
             chunk = items[start : start + BATCH_SIZE]
             images = np.stack([read_png(path) for _, path in chunk])
             faces = dlib_judge(images)
-            probabilities = emotion_judge(images, _largest_boxes(detector(images)))
+            boxes = _largest_boxes(detector(images))
+            probabilities = emotion_judge(images, boxes)
             parts.append(pd.DataFrame(
                 {
                     "emotion_face": ~np.isnan(boxes[:, 0]),
