@@ -125,3 +125,28 @@ def test_backward_with_onednn_equals_the_native_kernels(make) -> None:  # type: 
     with torch.backends.mkldnn.flags(enabled=False):
         generator.synthesize(latents).square().mean().backward()
     assert ((onednn - latents.grad).norm() / latents.grad.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["stylegan2", "stylegan3"])
+def test_a_saved_generator_loads_back_to_the_same_network(tmp_path, family: str) -> None:
+    """`save_generator` writes a module (here one built with random weights, as the GPU
+    benchmark does) that `load_stylegan` reads back bit for bit, conditional class included."""
+    from pipeline.errors import CheckpointError
+    from pipeline.generators.checkpoints import load_stylegan, save_generator
+    from stylegan2_fixtures import small_config, small_generator
+
+    if family == "stylegan3":
+        torch.manual_seed(0)
+        config = StyleGAN3Config.config_r(32, z_dim=16, w_dim=16, channel_base=256, channel_max=8, c_dim=3)
+        generator = StyleGAN3Generator(config, class_index=2).eval()
+    else:
+        generator = small_generator(small_config(c_dim=3), class_index=2)
+    path = save_generator(generator, tmp_path / "g.safetensors")
+    loaded = load_stylegan(path, class_index=2)
+    assert type(loaded) is type(generator) and loaded.config == generator.config
+    latents = generator.sample_latents([0, 1])
+    assert torch.equal(loaded.sample_latents([0, 1]), latents)
+    with torch.no_grad():
+        assert torch.equal(loaded.synthesize(latents), generator.synthesize(latents))
+    with pytest.raises(CheckpointError, match="already exists"):
+        save_generator(generator, path)

@@ -7,7 +7,8 @@ exprlock safetensors file names its family in its metadata. The readers of each 
 `stylegan2_checkpoints` and `stylegan3_checkpoints`; NVIDIA pickles are read as inert records by
 `nvidia_pickle`, which runs no code from the file.
 
-exprlock's own format is safetensors, written by `convert_checkpoint`, with the family, the
+exprlock's own format is safetensors, written by `convert_checkpoint` (from any supported file)
+and `save_generator` (from a module), with the family, the
 architecture (the config's `to_dict()` as JSON) and the provenance in the header metadata.
 """
 
@@ -138,27 +139,55 @@ def convert_checkpoint(
     so `dst` is either absent, untouched or complete. An existing `dst` is refused unless
     `overwrite` is set.
     """
-    src_path, dst_path = Path(src), Path(dst)
-    if dst_path.exists() and not overwrite:
-        raise CheckpointError(f"{dst_path}: already exists; pass overwrite=True to replace it")
+    src_path = Path(src)
     checkpoint = read_checkpoint(src_path)
-    metadata = {
-        "format": f"exprlock-{checkpoint.family}",
-        "format_version": SAFETENSORS_VERSION,
-        "config": json.dumps(checkpoint.config.to_dict(), sort_keys=True),
+    provenance = {
         "source_format": checkpoint.source_format,
         "source_file": src_path.name,
         "source_sha256": file_digest(src_path),
         "w_avg": checkpoint.w_avg_origin,
     }
-    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in checkpoint.tensors.items()}
-    tmp = dst_path.with_name(f".{dst_path.name}.{uuid.uuid4().hex}.tmp")
+    return _write_safetensors(checkpoint.family, checkpoint.config, checkpoint.tensors, provenance, Path(dst), overwrite)
+
+
+def save_generator(generator: MappedGenerator, dst: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write a StyleGAN2 or StyleGAN3 module (loaded, built or trained here) as an exprlock
+    safetensors file that `load_stylegan` reads back to the same network; as safe as
+    `convert_checkpoint` against a half-written or overwritten `dst`."""
+    family: Family = "stylegan3" if isinstance(generator, StyleGAN3Generator) else "stylegan2"
+    provenance = {
+        "source_format": generator.source_format,
+        "source_file": "",
+        "source_sha256": "",
+        "w_avg": generator.w_avg_origin,
+    }
+    return _write_safetensors(family, generator.config, generator.state_dict(), provenance, Path(dst), overwrite)
+
+
+def _write_safetensors(
+    family: Family,
+    config: StyleGAN2Config | StyleGAN3Config,
+    tensors: dict[str, torch.Tensor],
+    provenance: dict[str, str],
+    dst: Path,
+    overwrite: bool,
+) -> Path:
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"{dst}: already exists; pass overwrite=True to replace it")
+    metadata = {
+        "format": f"exprlock-{family}",
+        "format_version": SAFETENSORS_VERSION,
+        "config": json.dumps(config.to_dict(), sort_keys=True),
+        **provenance,
+    }
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, dst_path)
+        os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
-    return dst_path
+    return dst
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
