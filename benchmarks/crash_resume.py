@@ -24,9 +24,9 @@ from pathlib import Path
 
 from data_schemas import Col
 from pipeline.config import load_config
-from pipeline.integrity import verify_run
-from pipeline.layout import shard_count, shard_path
-from pipeline.manifest import read_manifest
+from pipeline.storage.integrity import verify_run
+from pipeline.storage.layout import shard_count, shard_path
+from pipeline.storage.manifest import read_manifest
 
 EXPRLOCK = str(Path(sys.executable).parent / "exprlock")
 

@@ -29,7 +29,7 @@ import torch
 
 from data_schemas import Col
 from pipeline.config import parse_config
-from pipeline.manifest import read_manifest
+from pipeline.storage.manifest import read_manifest
 
 
 def _api() -> contextlib.AbstractContextManager:

@@ -7,7 +7,7 @@ attribute scores, face detection, and the provenance of every model that produce
 run without edits writes one row per source with the edit columns null. Versions 1.2 to 1.6 add
 nullable columns (see the comments at their fields); 1.4 adds `split`, the seed's split. Shards of
 1.3 and earlier have no `split`: readers that need it compute it from the seed with
-`pipeline.splits.assign_splits`, as the writer does. 1.5 adds `generator_class`, the class a
+`pipeline.storage.splits.assign_splits`, as the writer does. 1.5 adds `generator_class`, the class a
 conditional generator rendered (null for unconditional generators and in older shards); 1.6
 adds `edit_seconds`, what making the edit cost, so reports can price each method.
 
@@ -219,7 +219,7 @@ _FIELDS_V1_4 = _FIELDS_V1_3 + (
     _field(
         Col.SPLIT,
         pa.string(),
-        "train, validation or test: the split of the row's seed (pipeline.splits, default fractions and salt)",
+        "train, validation or test: the split of the row's seed (pipeline.storage.splits, default fractions and salt)",
         nullable=True,
     ),
 )

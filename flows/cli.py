@@ -106,7 +106,7 @@ def _interruptible(work: Callable[[], T], *, grace: float = 10.0) -> T:
     except KeyboardInterrupt:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(KeyboardInterrupt))
         worker.join(grace)
-        from pipeline.shard_claim import release_held_claims
+        from pipeline.storage.shard_claim import release_held_claims
 
         release_held_claims()
         raise
@@ -255,9 +255,9 @@ def generate(
       exprlock generate --config configs/demo.yaml --submit 2   # two flow runs on the gpu pool
     """
     from pipeline.config import load_config, with_device
-    from pipeline.layout import default_run_dir, finished_summary, shard_count, shard_path
+    from pipeline.storage.layout import default_run_dir, finished_summary, shard_count, shard_path
     from pipeline.preflight import check_generate, check_run_dir
-    from pipeline.shard_claim import parse_shard_spec, split_shards, wait_while_held
+    from pipeline.storage.shard_claim import parse_shard_spec, split_shards, wait_while_held
 
     resolved = with_device(load_config(config), device)
     run_dir = out or default_run_dir(resolved)
@@ -349,8 +349,8 @@ def _submit(
                       highlight=False, soft_wrap=True)
     console.print(f"run {summary['run_id']} on {server}: {summary['run_dir']}", highlight=False, soft_wrap=True)
     if wait:
-        from pipeline.layout import CARD_FILE, CONTACT_SHEET
-        from pipeline.manifest import MANIFEST_DIR
+        from pipeline.storage.layout import CARD_FILE, CONTACT_SHEET
+        from pipeline.storage.manifest import MANIFEST_DIR
 
         for label, name in (("manifest", MANIFEST_DIR), ("contact sheet", CONTACT_SHEET), ("dataset card", CARD_FILE)):
             if (run_dir / name).exists():
@@ -491,8 +491,8 @@ def inspect_run(
 
     Example: exprlock inspect runs/demo --json
     """
-    from pipeline.integrity import verify_run
-    from pipeline.summary import RunManifest, summarize, summary_lines, to_json, write_plots
+    from pipeline.storage.integrity import verify_run
+    from pipeline.storage.summary import RunManifest, summarize, summary_lines, to_json, write_plots
 
     damage = [problem for problem in verify_run(run_dir).problems if not problem.missing]
     if damage:
@@ -530,7 +530,7 @@ def verify(
 
     Example: exprlock verify runs/demo --repair
     """
-    from pipeline.integrity import repair_run, verify_run
+    from pipeline.storage.integrity import repair_run, verify_run
 
     report = verify_run(run_dir)
     for problem in report.problems:

@@ -25,8 +25,8 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from pipeline.config import load_config, with_device
 from pipeline.errors import ConfigError, ExprlockError, RunError
-from pipeline.layout import default_run_dir, prepare_run, shard_count
-from pipeline.shard_claim import split_shards
+from pipeline.storage.layout import default_run_dir, prepare_run, shard_count
+from pipeline.storage.shard_claim import split_shards
 
 SHARDS_DEPLOYMENT = "generate/shards"
 # Workers announce themselves by heartbeat; one started just before a submission gets this long.

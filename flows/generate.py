@@ -2,7 +2,7 @@
 
 Tasks take small hashable inputs (the config as JSON, the run directory, a shard index) and
 return summaries, never tensors. Each shard is rendered under an exclusive claim on the shared
-filesystem (`pipeline.shard_claim`), so workers that race for a shard write it once.
+filesystem (`pipeline.storage.shard_claim`), so workers that race for a shard write it once.
 
 Scale-out, two ways:
 - `runner="dask"` runs the selected shards in parallel on a Dask cluster through
@@ -30,14 +30,14 @@ from prefect.states import State
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import Progress, artifact_key, label_flow_run
-from pipeline.card import write_card
+from pipeline.storage.card import write_card
 from pipeline.config import load_config, parse_config, with_device
 from pipeline.errors import ConfigError, is_deterministic
-from pipeline.manifest import MANIFEST_DIR, shard_files
-from pipeline.layout import default_run_dir, prepare_run, run_complete, shard_count
+from pipeline.storage.manifest import MANIFEST_DIR, shard_files
+from pipeline.storage.layout import default_run_dir, prepare_run, run_complete, shard_count
 from pipeline.run import write_contact_sheet
-from pipeline.shard_claim import ShardStatus, generate_shard_once, parse_shard_spec
-from pipeline.summary import RunManifest, markdown_summary
+from pipeline.storage.shard_claim import ShardStatus, generate_shard_once, parse_shard_spec
+from pipeline.storage.summary import RunManifest, markdown_summary
 
 GPU_TAG = "exprlock-gpu"
 CPU_TAG = "exprlock-cpu"

@@ -25,7 +25,7 @@ import pandas as pd
 
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.config import PreservationWeights
-from pipeline.manifest import read_manifest
+from pipeline.storage.manifest import read_manifest
 
 GROUP = [Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]
 RUN_DIR = "run_dir"

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas import EMOTION_LABELS, Col
-from pipeline.card import write_card
+from pipeline.storage.card import write_card
 from pipeline.config import RunConfig
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
 from pipeline.editing.files import direction_path, emotion_name
@@ -33,10 +33,10 @@ from pipeline.expressions import steer_sources
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.generators.factory import load_run_generator
 from pipeline.generators.base import FaceGenerator
-from pipeline.layout import prepare_run, shard_count
+from pipeline.storage.layout import prepare_run, shard_count
 from pipeline.run import generate_shard, write_contact_sheet
 from pipeline.scoring import FaceScorer, load_scorer
-from pipeline.summary import RunManifest, summarize
+from pipeline.storage.summary import RunManifest, summarize
 
 PROBE_SLOTS = 20
 PROBE_CANDIDATES = 5

@@ -17,7 +17,7 @@ from pipeline.config import STYLEGAN_KINDS, RunConfig
 from pipeline.editing.files import EDITOR_DIR, read_report, require_attributes, require_generator
 from pipeline.editing.plan import plan_edits, required_models
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.layout import CONFIG_FILE, other_run_error
+from pipeline.storage.layout import CONFIG_FILE, other_run_error
 from pipeline.models.assets import asset_path, file_sha256, get_asset
 
 # The assets each scorer model loads (`pipeline.scoring.FaceScorer`).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.editing.plan import plan_edits
-from pipeline.layout import shard_images, shard_path, shard_seeds
+from pipeline.storage.layout import shard_images, shard_path, shard_seeds
 
 
 @dataclass(frozen=True)

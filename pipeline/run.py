@@ -3,7 +3,7 @@
 Every function takes plain values (config, run directory, shard index), so the Prefect tasks
 that wrap them stay thin and everything here runs without Prefect. A shard whose Parquet file
 exists is finished and skipped; its images are renamed into place before the Parquet file, so
-the Parquet rename is the commit. The ledger record (`pipeline.ledger`) follows the commit.
+the Parquet rename is the commit. The ledger record (`pipeline.storage.ledger`) follows the commit.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from data_schemas import CURRENT_VERSION, Col
 from pipeline.config import RunConfig
 from pipeline.images import ImageWriter, contact_sheet, encode_png, labelled_grid, read_png, write_atomic
-from pipeline.layout import CONTACT_SHEET, edit_image, record_generator, shard_path, shard_seeds, source_image
-from pipeline.ledger import record_shard, with_shard_metadata
-from pipeline.manifest import read_manifest, to_table, write_shard
+from pipeline.storage.layout import CONTACT_SHEET, edit_image, record_generator, shard_path, shard_seeds, source_image
+from pipeline.storage.ledger import record_shard, with_shard_metadata
+from pipeline.storage.manifest import read_manifest, to_table, write_shard
 from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.generators.base import FaceGenerator, to_uint8
 from pipeline.editing.files import emotion_name

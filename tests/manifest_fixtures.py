@@ -15,9 +15,9 @@ import pandas as pd
 from data_schemas import ATTRIBUTE_FIELDS, CURRENT_VERSION, EMOTION_LABELS, Col
 from pipeline.config import parse_config
 from pipeline.images import encode_png, write_atomic
-from pipeline.manifest import to_table, write_shard
+from pipeline.storage.manifest import to_table, write_shard
 from pipeline.models.assets import REGISTRY
-from pipeline.layout import prepare_run, shard_count, shard_path
+from pipeline.storage.layout import prepare_run, shard_count, shard_path
 from pipeline.run import generate_shard
 
 SOURCE_CONFIG = {"sources": {"count": 8, "shard_size": 4}, "scoring": {"enabled": False}, "device": "cpu"}

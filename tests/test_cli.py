@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, RunError, os_error_line
-from pipeline.layout import CONFIG_FILE, shard_count, shard_path
+from pipeline.storage.layout import CONFIG_FILE, shard_count, shard_path
 from pipeline.models.assets import get_asset
 from pipeline.progress import RunProgress
 

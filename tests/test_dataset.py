@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from data_schemas import COLUMNS, EMOTION_LABELS, Col
-from pipeline.dataset import ManifestDataset, hf_label_filters
-from pipeline.splits import SPLITS, assign_splits, seed_unit
+from pipeline.storage.dataset import ManifestDataset, hf_label_filters
+from pipeline.storage.splits import SPLITS, assign_splits, seed_unit
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.images import read_png
 

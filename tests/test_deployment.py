@@ -28,8 +28,8 @@ import pytest
 
 from data_schemas import Col
 from pipeline.config import load_config
-from pipeline.manifest import read_manifest
-from pipeline.layout import prepare_run, shard_count
+from pipeline.storage.manifest import read_manifest
+from pipeline.storage.layout import prepare_run, shard_count
 from pipeline.run import generate_shard
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from data_schemas import Col
-from pipeline.card import write_card
+from pipeline.storage.card import write_card
 from pipeline.config import LockConfig, PreservationWeights, RunConfig, parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard
 from pipeline.editing.files import read_report
@@ -21,11 +21,11 @@ from pipeline.editing.editor import load_editor
 from pipeline.edits import edit_directions
 from pipeline.evaluation import cost_table, load_edits, summarise
 from pipeline.images import read_png
-from pipeline.manifest import read_manifest
+from pipeline.storage.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.factory import load_generator
 from pipeline.generators.base import FaceGenerator
-from pipeline.layout import GENERATOR_FILE, prepare_run
+from pipeline.storage.layout import GENERATOR_FILE, prepare_run
 from pipeline.run import generate_shard, write_contact_sheet
 from pipeline.scoring import load_scorer
 from pipeline.editing.files import editor_path

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from data_schemas import Col
 from flows.cli import app
 from pipeline.config import load_config
-from pipeline.manifest import read_manifest
+from pipeline.storage.manifest import read_manifest
 
 runner = CliRunner()
 

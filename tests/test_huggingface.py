@@ -12,14 +12,14 @@ import pyarrow.dataset as ds
 import pytest
 
 from data_schemas import EMOTION_LABELS, Col
-from pipeline.card import model_provenance, write_card
-from pipeline.dataset import ManifestDataset
-from pipeline.huggingface import VIEW_FILES, licence_fields, size_category, write_views
+from pipeline.storage.card import model_provenance, write_card
+from pipeline.storage.dataset import ManifestDataset
+from pipeline.storage.huggingface import VIEW_FILES, licence_fields, size_category, write_views
 from pipeline.images import read_png
-from pipeline.layout import CARD_FILE
+from pipeline.storage.layout import CARD_FILE
 from pipeline.models.assets import REGISTRY
-from pipeline.splits import SPLITS, assign_splits
-from pipeline.summary import RunManifest
+from pipeline.storage.splits import SPLITS, assign_splits
+from pipeline.storage.summary import RunManifest
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from data_schemas import COLUMNS, CURRENT_VERSION, SCHEMA_METADATA_KEY, Col, schema_for_version
 from flows.cli import app
-from pipeline.card import model_provenance, write_card
-from pipeline.layout import CARD_FILE
+from pipeline.storage.card import model_provenance, write_card
+from pipeline.storage.layout import CARD_FILE
 from pipeline.errors import ManifestError
-from pipeline.summary import NOT_SCORED, RunManifest, summarize, write_plots
+from pipeline.storage.summary import NOT_SCORED, RunManifest, summarize, write_plots
 from pipeline.models.assets import REGISTRY
 
 runner = CliRunner()

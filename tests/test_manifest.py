@@ -15,7 +15,7 @@ import pytest
 
 from data_schemas import COLUMNS, CURRENT_VERSION, EMOTION_LABELS, SCHEMA_METADATA_KEY, Col, schema_for_version
 from pipeline.errors import ManifestError
-from pipeline.manifest import open_manifest, read_manifest, read_shard, shard_files, to_table, write_shard
+from pipeline.storage.manifest import open_manifest, read_manifest, read_shard, shard_files, to_table, write_shard
 
 
 def _rows(n: int, shard: int = 0) -> dict[str, list]:
@@ -154,8 +154,8 @@ def _old_shard(path: Path, version: str, rows: dict[str, list]) -> None:
 
 def test_a_run_resumed_by_a_newer_version_reads_as_the_newest(tmp_path: Path) -> None:
     """Shards of 1.3 (no split column) beside shards of 1.4: one dataset, the old split null."""
-    from pipeline.dataset import ManifestDataset
-    from pipeline.splits import assign_splits
+    from pipeline.storage.dataset import ManifestDataset
+    from pipeline.storage.splits import assign_splits
 
     _old_shard(tmp_path / "manifest" / "shard-00000.parquet", "1.3", _rows(4, shard=0))
     write_shard(to_table(_rows(4, shard=1), run_id="demo-abc"), tmp_path / "manifest" / "shard-00001.parquet")

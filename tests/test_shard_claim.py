@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.shard_claim import Claim, claim, claim_path, parse_shard_spec, split_shards, stale_after_setting, try_claim
+from pipeline.storage.shard_claim import Claim, claim, claim_path, parse_shard_spec, split_shards, stale_after_setting, try_claim
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ _CLAIM_RACER = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from pipeline.shard_claim import Claim, claim
+    from pipeline.storage.shard_claim import Claim, claim
     root = Path(sys.argv[1])
     while not (root / "go").exists():
         time.sleep(0.001)
@@ -196,8 +196,8 @@ _SHARD_RACER = textwrap.dedent(
     from pathlib import Path
     from pipeline.config import parse_config
     from pipeline.generators.factory import load_generator
-    from pipeline.layout import prepare_run
-    from pipeline.shard_claim import generate_shard_once
+    from pipeline.storage.layout import prepare_run
+    from pipeline.storage.shard_claim import generate_shard_once
     config = parse_config(json.loads(sys.argv[2]))
     run_dir = Path(sys.argv[1])
     prepare_run(config, run_dir)
@@ -214,7 +214,7 @@ _SHARD_RACER = textwrap.dedent(
 @pytest.mark.slow
 def test_two_processes_racing_for_the_same_shards_write_each_once(tmp_path: Path) -> None:
     from data_schemas import Col
-    from pipeline.manifest import read_manifest
+    from pipeline.storage.manifest import read_manifest
 
     config = {"sources": {"count": 24, "shard_size": 8}, "scoring": {"enabled": False}, "device": "cpu", "batch_size": 8}
     racers = [

@@ -601,8 +601,8 @@ def test_generate_runs_on_a_stylegan2_checkpoint(tmp_path: Path, generator: Styl
     from data_schemas import Col
     from pipeline.config import parse_config
     from pipeline.images import read_png
-    from pipeline.manifest import read_manifest
-    from pipeline.layout import prepare_run
+    from pipeline.storage.manifest import read_manifest
+    from pipeline.storage.layout import prepare_run
     from pipeline.run import generate_shard
 
     checkpoint = tmp_path / "g.pt"

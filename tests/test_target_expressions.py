@@ -10,20 +10,20 @@ import pytest
 import torch
 
 from data_schemas import EMOTION_LABELS, Col
-from pipeline.card import write_card
+from pipeline.storage.card import write_card
 from pipeline.config import parse_config
 from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard
 from pipeline.editing.directions import load_direction
 from pipeline.errors import ConfigError
 from pipeline.expressions import accepted_step, candidate_seed, plan_targets, target_counts
 from pipeline.images import read_png
-from pipeline.manifest import read_manifest
+from pipeline.storage.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.base import to_uint8
-from pipeline.layout import prepare_run, shard_path
+from pipeline.storage.layout import prepare_run, shard_path
 from pipeline.run import generate_shard
 from pipeline.scoring import load_scorer
-from pipeline.summary import RunManifest, summarize
+from pipeline.storage.summary import RunManifest, summarize
 
 
 def test_counts_follow_the_shares_exactly() -> None:

@@ -16,7 +16,7 @@ import pipeline
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.images import write_atomic
-from pipeline.manifest import MANIFEST_DIR, shard_filename
+from pipeline.storage.manifest import MANIFEST_DIR, shard_filename
 
 CONFIG_FILE = "config.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -98,7 +98,7 @@ def finished_summary(config: RunConfig, run_dir: Path, shards: list[int]) -> dic
     """What a `generate` run of `shards` reports when nothing is left to do: every shard
     committed as its ledger record says (size, SHA-256, images present) and, for a complete
     run, the contact sheet and card written. None while work remains."""
-    from pipeline.ledger import record_mismatch, shard_record
+    from pipeline.storage.ledger import record_mismatch, shard_record
 
     run_dir = Path(run_dir)
     for index in shards:

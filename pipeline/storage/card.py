@@ -2,7 +2,7 @@
 
 Its YAML front matter is Hugging Face's dataset-card metadata (licence, task, size, and the
 `configs:` that make `datasets.load_dataset(RUN_DIR)` return the rows with images, class labels
-and splits; see `pipeline.huggingface`), written with `huggingface_hub`'s own card classes. The
+and splits; see `pipeline.storage.huggingface`), written with `huggingface_hub`'s own card classes. The
 body follows the spirit of "Datasheets for Datasets" (Gebru et al., 2021) and Hugging Face dataset
 cards, in the few sections a user of a generated face dataset needs before training on it: the
 config that made it, every model with its file hash and licence (looked up in the asset
@@ -26,12 +26,12 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 import pipeline
 from data_schemas import Col
-from pipeline.huggingface import VIEW_FILES, configs, licence_fields, size_category, write_views
+from pipeline.storage.huggingface import VIEW_FILES, configs, licence_fields, size_category, write_views
 from pipeline.images import write_atomic
-from pipeline.splits import Split
-from pipeline.summary import CATEGORIES, NOT_SCORED, RunManifest, summarize, write_plots
+from pipeline.storage.splits import Split
+from pipeline.storage.summary import CATEGORIES, NOT_SCORED, RunManifest, summarize, write_plots
 from pipeline.models.assets import REGISTRY, Asset
-from pipeline.layout import CARD_FILE, CONFIG_FILE, CONTACT_SHEET, GENERATOR_FILE
+from pipeline.storage.layout import CARD_FILE, CONFIG_FILE, CONTACT_SHEET, GENERATOR_FILE
 
 # Where cards were written before the card became the run's README; replaced when rewritten.
 _OLD_CARD_FILE = "dataset_card.md"
@@ -266,7 +266,7 @@ def _limitations_section(summary: dict[str, Any], models: list[dict[str, Any]], 
         "resolution of the generator's training data, and is not a photograph of a person.",
         "Labels and scores come from pretrained models, not from human annotators, and share those "
         "models' errors and biases.",
-        "Split by source seed (as `pipeline.splits` does): rows of one seed show the same face, so "
+        "Split by source seed (as `pipeline.storage.splits` does): rows of one seed show the same face, so "
         "splitting rows at random leaks faces across train and test.",
     ]
     if profile == "demo":
@@ -311,7 +311,7 @@ def _loading_section() -> str:
         "## Loading\n\nFrom this directory, offline (`HF_DATASETS_OFFLINE=1`):\n\n```python\n"
         "from datasets import load_dataset\ndata = load_dataset(\".\")  # train, validation, test; images decoded\n\n"
         "import pandas as pd\nframe = pd.read_parquet(\"manifest\")  # every column, latents included\n\n"
-        "from pipeline.dataset import ManifestDataset\ntrain = ManifestDataset(\".\", split=\"train\")\n```\n\n"
+        "from pipeline.storage.dataset import ManifestDataset\ntrain = ManifestDataset(\".\", split=\"train\")\n```\n\n"
         f"The manifest (`manifest/`) is the record; {views} are per-split views of it for Hugging Face "
         "`datasets` (image paths as `*_file_name`, emotions as class indices, no latents), rewritten with this card."
     )

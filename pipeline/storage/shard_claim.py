@@ -1,6 +1,6 @@
 """Shard ownership: which shards a worker takes, and an exclusive claim so each is written once.
 
-Selection. A run's shards are numbered `0 .. n-1` (`pipeline.layout.shard_seeds`). A worker is
+Selection. A run's shards are numbered `0 .. n-1` (`pipeline.storage.layout.shard_seeds`). A worker is
 given a spec such as ``"0-9"`` or ``"0-3,8"`` (`parse_shard_spec`); a parent that fans a run out
 to N workers gives each a contiguous range (`split_shards`).
 
@@ -21,7 +21,7 @@ winner checks that it moved the very claim it judged (else it puts the newer cla
 After winning a claim the worker checks again that the shard file does not exist (another
 worker may have committed it and released its claim in between), so a shard's rows and images
 are produced by one worker. A committed shard is skipped only when its file matches its ledger
-record (`pipeline.integrity.shard_damage`); one that does not is moved to the run's quarantine
+record (`pipeline.storage.integrity.shard_damage`); one that does not is moved to the run's quarantine
 and made again, under the claim. The claim file's name starts with a dot, so manifest readers and
 dataset discovery never see it.
 """
@@ -47,8 +47,8 @@ import psutil
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.integrity import quarantine_shard, shard_damage
-from pipeline.layout import shard_path
+from pipeline.storage.integrity import quarantine_shard, shard_damage
+from pipeline.storage.layout import shard_path
 
 # A claim whose heartbeat stopped this long ago belongs to a dead owner on another machine.
 CLAIM_TIMEOUT_VARIABLE = "EXPRLOCK_CLAIM_TIMEOUT"

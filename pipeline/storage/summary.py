@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.images import write_atomic
-from pipeline.manifest import open_manifest
+from pipeline.storage.manifest import open_manifest
 
 NOT_SCORED = "not scored"
 PLOTS_DIR = "plots"

@@ -26,9 +26,9 @@ from data_schemas import Col
 from pipeline.config import RunConfig, parse_config
 from pipeline.editing.plan import plan_edits
 from pipeline.errors import ManifestError
-from pipeline.layout import CONFIG_FILE, run_complete, shard_count, shard_images, shard_path, shard_seeds
-from pipeline.ledger import ShardRecord, file_mismatch, record_mismatch, record_shard, shard_record, table_images
-from pipeline.manifest import shard_files, validate_schema
+from pipeline.storage.layout import CONFIG_FILE, run_complete, shard_count, shard_images, shard_path, shard_seeds
+from pipeline.storage.ledger import ShardRecord, file_mismatch, record_mismatch, record_shard, shard_record, table_images
+from pipeline.storage.manifest import shard_files, validate_schema
 from pipeline.models.assets import file_sha256
 
 QUARANTINE_DIR = "quarantine"
@@ -194,9 +194,9 @@ def quarantine_shard(run_dir: Path, index: int, *, stamp: str | None = None) -> 
 def repair_run(run_dir: Path, report: Verification) -> list[int]:
     """Quarantine every damaged shard and render it again (under its claim), then, once every
     shard is there, the contact sheet and card (they show the shards' images); the shards made."""
-    from pipeline.card import write_card
+    from pipeline.storage.card import write_card
     from pipeline.run import write_contact_sheet
-    from pipeline.shard_claim import ShardStatus, generate_shard_once  # renders: imports torch
+    from pipeline.storage.shard_claim import ShardStatus, generate_shard_once  # renders: imports torch
 
     run_dir = Path(run_dir)
     config = run_config(run_dir)

@@ -6,7 +6,7 @@ resolves an image path against the folder of the Parquet file that lists it, ref
 leave that folder, and splits by file rather than by a column. The manifest cannot be that file:
 its shards sit in `manifest/`, its image paths are relative to the run directory, and every shard
 holds rows of every split. So beside the images the run keeps one Parquet view per split: the
-manifest's rows of that split (the seed splits of `pipeline.splits`), without the latents (the
+manifest's rows of that split (the seed splits of `pipeline.storage.splits`), without the latents (the
 manifest keeps them), image columns renamed to the loader's `_file_name` convention, and emotion
 names as class indices whose `ClassLabel` names travel in the Parquet's `huggingface` schema
 metadata, the way `datasets` writes its own files. Views are derived data: rewritten with the
@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.images import fsync_directory
-from pipeline.layout import IMAGES_DIR
-from pipeline.splits import SPLITS, Split, assign_splits
+from pipeline.storage.layout import IMAGES_DIR
+from pipeline.storage.splits import SPLITS, Split, assign_splits
 
 VIEW_FILES: dict[Split, str] = {split: f"hf-{split}.parquet" for split in SPLITS}
 # Listed with each split so that `datasets` picks its image-folder loader; rows come from the
@@ -126,7 +126,7 @@ def size_category(rows: int) -> str:
 def licence_fields(models: Iterable[dict[str, Any]]) -> dict[str, str]:
     """`license` (and, for `other`, `license_name` and `license_link`) of the most restrictive model.
 
-    `models` are `pipeline.card.model_provenance` records; a model without a registry record (a
+    `models` are `pipeline.storage.card.model_provenance` records; a model without a registry record (a
     user-supplied checkpoint) counts as `unknown`. With several `other` models, the first one
     names the terms; the card's model table lists them all.
     """

@@ -4,7 +4,7 @@ Filters become one pyarrow dataset expression, so Parquet row-group statistics s
 not match and only the needed columns are read (never the latents). A filter on a column the
 manifest does not have (a run not scored yet) is refused by name rather than ignored.
 
-Splits are made per source seed, not per row (`pipeline.splits`), so no face is in two splits.
+Splits are made per source seed, not per row (`pipeline.storage.splits`), so no face is in two splits.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.errors import ConfigError, ManifestError
 from pipeline.images import read_png
-from pipeline.manifest import open_manifest
-from pipeline.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, SPLITS, Split, assign_splits
+from pipeline.storage.manifest import open_manifest
+from pipeline.storage.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, SPLITS, Split, assign_splits
 
 _IMAGE_COLUMNS = {"source": Col.IMAGE_SOURCE, "edit": Col.IMAGE_EDIT}
 _LABEL_CANDIDATES = (Col.ATTRIBUTE, Col.STRENGTH, Col.EMOTION_SOURCE, Col.EMOTION_EDIT, Col.EMOTION_FLIPPED, Col.IDENTITY_COSINE)

@@ -22,7 +22,7 @@ import pipeline
 from data_schemas import SCHEMA_METADATA_KEY, Col, manifest_schema, schema_for_version
 from pipeline.errors import ManifestError, naming
 from pipeline.images import fsync_directory
-from pipeline.splits import assign_splits
+from pipeline.storage.splits import assign_splits
 
 MANIFEST_DIR = "manifest"
 
