@@ -27,7 +27,7 @@ from pipeline.config import LockConfig, load_config
 from pipeline.editing.plan import plan_edits
 from pipeline.edits import Editing, edit_directions
 from pipeline.generators.factory import load_run_generator, resolve_device
-from pipeline.run import make_edit
+from pipeline.stages.generate import make_edit
 from pipeline.scoring import load_scorer
 
 

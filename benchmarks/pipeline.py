@@ -80,7 +80,7 @@ class StageClock:
 def instrument(clock: StageClock, config: RunConfig, device: str) -> None:
     """Wrap the leaf calls of a shard, by stage."""
     import flows.generate
-    import pipeline.run
+    import pipeline.stages.generate
     import pipeline.scoring
     from pipeline.edits import Editing
     from pipeline.images import ImageWriter
@@ -105,7 +105,7 @@ def instrument(clock: StageClock, config: RunConfig, device: str) -> None:
         (Editing, "apply", "edits"),
         (ImageWriter, "submit", "png (queued)"),
         (ImageWriter, "flush", "png (waited for, synced)"),
-        (pipeline.run, "write_shard", "parquet"),
+        (pipeline.stages.generate, "write_shard", "parquet"),
         (flows.generate, "generate_shard_once", "shard task, other"),
         (flows.generate, "write_contact_sheet", "contact sheet and card"),
         (flows.generate, "write_card", "contact sheet and card"),

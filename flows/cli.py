@@ -420,7 +420,7 @@ def evaluate(
 
     Example: exprlock evaluate runs/experiment --out docs
     """
-    from pipeline.evaluation import write_report
+    from pipeline.stages.evaluation import write_report
 
     report = write_report(run_dirs, out, name=name, judges=judges, draws=draws)
     console.print(f"report: {report}", highlight=False)
@@ -445,7 +445,7 @@ def label_report(
     Example: exprlock label-report --config configs/labels.yaml --out docs
     """
     from pipeline.config import load_config
-    from pipeline.label_report import write_label_report
+    from pipeline.stages.label_report import write_label_report
     from pipeline.models.assets import exprlock_home
     from pipeline.generators.factory import resolve_device
 
@@ -530,7 +530,8 @@ def verify(
 
     Example: exprlock verify runs/demo --repair
     """
-    from pipeline.storage.integrity import repair_run, verify_run
+    from pipeline.stages.shards import repair_run
+    from pipeline.storage.integrity import verify_run
 
     report = verify_run(run_dir)
     for problem in report.problems:

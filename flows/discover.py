@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import Progress, artifact_key, label_flow_run
 
 from pipeline.config import load_config, parse_config
-from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
+from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
 from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.scoring import load_scorer
 

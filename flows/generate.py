@@ -35,8 +35,9 @@ from pipeline.config import load_config, parse_config, with_device
 from pipeline.errors import ConfigError, is_deterministic
 from pipeline.storage.manifest import MANIFEST_DIR, shard_files
 from pipeline.storage.layout import default_run_dir, prepare_run, run_complete, shard_count
-from pipeline.run import write_contact_sheet
-from pipeline.storage.shard_claim import ShardStatus, generate_shard_once, parse_shard_spec
+from pipeline.stages.generate import write_contact_sheet
+from pipeline.stages.shards import ShardStatus, generate_shard_once
+from pipeline.storage.shard_claim import parse_shard_spec
 from pipeline.storage.summary import RunManifest, markdown_summary
 
 GPU_TAG = "exprlock-gpu"

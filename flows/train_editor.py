@@ -17,10 +17,10 @@ from prefect.runtime import task_run
 
 from flows.artifacts import Progress, artifact_key, label_flow_run
 from pipeline.config import PreservationWeights, load_config, parse_config
-from pipeline.discovery import collect_samples_on_disk
+from pipeline.stages.discovery import collect_samples_on_disk
 from pipeline.editing.training import TrainingProgress
 from pipeline.generators.factory import load_run_generator, resolve_device
-from pipeline.train_editors import required_editors, train_editor
+from pipeline.stages.train_editors import required_editors, train_editor
 
 
 def editor_task_name() -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.config import PreservationWeights, RunConfig
-from pipeline.discovery import ATTRIBUTE_SCORES
+from pipeline.stages.discovery import ATTRIBUTE_SCORES
 from pipeline.editing.directions import Direction, load_direction, project_orthogonal
 from pipeline.editing.editor import LatentEditor, layer_mask, load_editor
 from pipeline.editing.files import (

@@ -41,7 +41,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # Module scope: each test module builds its own runs, since some tests add files to them. The
-# builders are imported inside the fixtures so that sessions without them skip `pipeline.run`.
+# builders are imported inside the fixtures so that sessions without them skip `pipeline.stages.generate`.
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     """A run of 40 sources x 3 edits with drawn scores, and its rows."""

@@ -18,7 +18,7 @@ from pipeline.images import encode_png, write_atomic
 from pipeline.storage.manifest import to_table, write_shard
 from pipeline.models.assets import REGISTRY
 from pipeline.storage.layout import prepare_run, shard_count, shard_path
-from pipeline.run import generate_shard
+from pipeline.stages.generate import generate_shard
 
 SOURCE_CONFIG = {"sources": {"count": 8, "shard_size": 4}, "scoring": {"enabled": False}, "device": "cpu"}
 ATTRIBUTES = ("age", "gender", "hair_lightness")

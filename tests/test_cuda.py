@@ -19,7 +19,7 @@ from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 from pipeline.storage.layout import prepare_run
 from pipeline.storage.manifest import read_manifest
-from pipeline.run import generate_shard
+from pipeline.stages.generate import generate_shard
 from pipeline.scoring import ATTRIBUTE_NAMES, load_scorer
 from stylegan2_fixtures import small_generator
 

@@ -30,7 +30,7 @@ from data_schemas import Col
 from pipeline.config import load_config
 from pipeline.storage.manifest import read_manifest
 from pipeline.storage.layout import prepare_run, shard_count
-from pipeline.run import generate_shard
+from pipeline.stages.generate import generate_shard
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import torch
 
 from data_schemas import EMOTION_LABELS
 from pipeline.config import parse_config
-from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
+from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
 from pipeline.editing.files import CLASSIFIER_FILE, read_report
 from pipeline.editing.directions import load_direction
 from pipeline.editing.synthetic import TinyGenerator

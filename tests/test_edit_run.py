@@ -15,21 +15,21 @@ import torch
 from data_schemas import Col
 from pipeline.storage.card import write_card
 from pipeline.config import LockConfig, PreservationWeights, RunConfig, parse_config
-from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard
+from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard
 from pipeline.editing.files import read_report
 from pipeline.editing.editor import load_editor
 from pipeline.edits import edit_directions
-from pipeline.evaluation import cost_table, load_edits, summarise
+from pipeline.stages.evaluation import cost_table, load_edits, summarise
 from pipeline.images import read_png
 from pipeline.storage.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.factory import load_generator
 from pipeline.generators.base import FaceGenerator
 from pipeline.storage.layout import GENERATOR_FILE, prepare_run
-from pipeline.run import generate_shard, write_contact_sheet
+from pipeline.stages.generate import generate_shard, write_contact_sheet
 from pipeline.scoring import load_scorer
 from pipeline.editing.files import editor_path
-from pipeline.train_editors import required_editors, train_editor
+from pipeline.stages.train_editors import required_editors, train_editor
 from nvidia_fixtures import dump_nvidia, nvidia_stylegan3, stylegan3_config
 from pipeline.generators.stylegan3 import StyleGAN3Generator
 from stylegan2_fixtures import save_rosinality, small_config, small_generator

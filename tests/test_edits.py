@@ -13,7 +13,7 @@ import torch
 
 from data_schemas import Col
 from pipeline.config import PreservationWeights, parse_config
-from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard
+from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard
 from pipeline.editing.plan import EditSpec, plan_edits
 from pipeline.edits import Editing, attribute_reached, edit_directions
 from pipeline.editing.editor import load_editor, save_editor
@@ -22,7 +22,7 @@ from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementResult
 from pipeline.editing.synthetic import TinyGenerator
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.evaluation import (
+from pipeline.stages.evaluation import (
     change_at_success,
     lock_table,
     long_table,
@@ -32,7 +32,7 @@ from pipeline.evaluation import (
     summarise,
 )
 from pipeline.editing.files import editor_path
-from pipeline.train_editors import required_editors, train_editor
+from pipeline.stages.train_editors import required_editors, train_editor
 from test_discovery import LATENT_DIM, PlantedScorer
 
 

@@ -18,12 +18,13 @@ from typer.testing import CliRunner
 from data_schemas import Col
 from flows.cli import app
 from pipeline.config import load_config, parse_config
-from pipeline.storage.integrity import check_shard, repair_run, verify_run
+from pipeline.stages.shards import ShardStatus, generate_shard_once, repair_run
+from pipeline.storage.integrity import check_shard, verify_run
 from pipeline.storage.layout import CARD_FILE, CONTACT_SHEET, finished_summary, prepare_run, shard_count, shard_path, shard_seeds
 from pipeline.storage.ledger import LEDGER_DIR, SHARD_METADATA_KEY, shard_record
 from pipeline.storage.manifest import read_manifest, write_shard
-from pipeline.run import generate_shard
-from pipeline.storage.shard_claim import ShardStatus, claim_path, generate_shard_once
+from pipeline.stages.generate import generate_shard
+from pipeline.storage.shard_claim import claim_path
 
 CONFIG = {"profile": "demo", "sources": {"count": 8, "shard_size": 4}, "scoring": {"enabled": False}}
 runner = CliRunner()

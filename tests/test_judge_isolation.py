@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "flows", "data_schemas")
 JUDGES = "pipeline.judges"
 # The only module that may use the judges.
-EVALUATION = {"pipeline.evaluation"}
+EVALUATION = {"pipeline.stages.evaluation"}
 # The command line dispatches every command, `evaluate` among them, and the label report is an
 # evaluation built on it; they alone may import evaluation.
-EVALUATION_IMPORTERS = {"flows.cli", "pipeline.label_report"}
+EVALUATION_IMPORTERS = {"flows.cli", "pipeline.stages.label_report"}
 # The in-pipeline models the judges must not lean on: they judge these models' work.
 PIPELINE_SCORERS = {
     "pipeline.scoring",
@@ -72,8 +72,8 @@ def is_judge(module: str) -> bool:
 
 def test_the_graph_sees_lazy_imports() -> None:
     graph = import_graph()
-    assert "pipeline.evaluation" in graph["flows.cli"]  # imported inside the `evaluate` command
-    assert "pipeline.judges.scores" in graph["pipeline.evaluation"]  # imported inside `attach_judges`
+    assert "pipeline.stages.evaluation" in graph["flows.cli"]  # imported inside the `evaluate` command
+    assert "pipeline.judges.scores" in graph["pipeline.stages.evaluation"]  # imported inside `attach_judges`
     assert {"pipeline.judges.dlib68", "pipeline.judges.pyemotion"} <= graph["pipeline.judges.scores"]
 
 
@@ -105,8 +105,8 @@ def test_the_judges_lean_on_no_in_pipeline_scorer() -> None:
 
 
 def test_running_the_pipeline_never_loads_a_judge() -> None:
-    modules = ["flows.generate", "flows.discover", "flows.train_editor", "flows.deployments", "pipeline.run",
-               "pipeline.edits", "pipeline.train_editors", "pipeline.discovery", "pipeline.scoring",
+    modules = ["flows.generate", "flows.discover", "flows.train_editor", "flows.deployments", "pipeline.stages.generate",
+               "pipeline.edits", "pipeline.stages.train_editors", "pipeline.stages.discovery", "pipeline.scoring",
                "pipeline.editing.refine", "pipeline.editing.training"]  # fmt: skip
     code = "\n".join([*(f"import {m}" for m in modules), "import sys",
                       "print(sorted(m for m in sys.modules if m.startswith('pipeline.judges') or m == 'dlib'))"])  # fmt: skip

@@ -16,7 +16,7 @@ from pipeline.images import read_png
 from pipeline.storage.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.storage.layout import prepare_run, shard_count, shard_path, shard_seeds
-from pipeline.run import generate_shard, write_contact_sheet
+from pipeline.stages.generate import generate_shard, write_contact_sheet
 
 CONFIG = parse_config({"sources": {"count": 10, "first_seed": 40, "shard_size": 4}, "batch_size": 3, "device": "cpu"})
 

@@ -197,7 +197,7 @@ _SHARD_RACER = textwrap.dedent(
     from pipeline.config import parse_config
     from pipeline.generators.factory import load_generator
     from pipeline.storage.layout import prepare_run
-    from pipeline.storage.shard_claim import generate_shard_once
+    from pipeline.stages.shards import generate_shard_once
     config = parse_config(json.loads(sys.argv[2]))
     run_dir = Path(sys.argv[1])
     prepare_run(config, run_dir)

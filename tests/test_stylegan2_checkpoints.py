@@ -603,7 +603,7 @@ def test_generate_runs_on_a_stylegan2_checkpoint(tmp_path: Path, generator: Styl
     from pipeline.images import read_png
     from pipeline.storage.manifest import read_manifest
     from pipeline.storage.layout import prepare_run
-    from pipeline.run import generate_shard
+    from pipeline.stages.generate import generate_shard
 
     checkpoint = tmp_path / "g.pt"
     save_rosinality(generator, checkpoint)

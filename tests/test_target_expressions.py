@@ -12,7 +12,7 @@ import torch
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.storage.card import write_card
 from pipeline.config import parse_config
-from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard
+from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard
 from pipeline.editing.directions import load_direction
 from pipeline.errors import ConfigError
 from pipeline.expressions import accepted_step, candidate_seed, plan_targets, target_counts
@@ -21,7 +21,7 @@ from pipeline.storage.manifest import read_manifest
 from pipeline.generators.dcgan import load_dcgan
 from pipeline.generators.base import to_uint8
 from pipeline.storage.layout import prepare_run, shard_path
-from pipeline.run import generate_shard
+from pipeline.stages.generate import generate_shard
 from pipeline.scoring import load_scorer
 from pipeline.storage.summary import RunManifest, summarize
 
@@ -131,7 +131,7 @@ def test_a_run_writes_the_requested_counts_and_resumes_unchanged(tmp_path: Path)
 
 @pytest.mark.slow
 def test_the_label_report_judges_free_and_targeted_sources(tmp_path: Path) -> None:
-    from pipeline.label_report import free_config, write_label_report
+    from pipeline.stages.label_report import free_config, write_label_report
 
     config = parse_config({
         "sources": {"count": 4, "shard_size": 4, "first_seed": 900, "expressions": {"happy": 1, "neutral": 1},

@@ -5,9 +5,8 @@ it decodes completely (every page, with the page checksums it was written with),
 hold each planned seed exactly as often as the config's edits say, and that every image it
 references exists with the digest its rows recorded. Each problem is one line naming the file.
 
-`repair_run` moves damaged shards and their images aside into `RUN/quarantine/<time>/` (never
-deleting them) and renders them again; rendering is deterministic, so a repaired run holds the
-rows and images of a clean one.
+`quarantine_shard` moves a damaged shard and its images aside into `RUN/quarantine/<time>/`
+(never deleting them); `pipeline.stages.shards.repair_run` then renders them again.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from data_schemas import Col
 from pipeline.config import RunConfig, parse_config
 from pipeline.editing.plan import plan_edits
 from pipeline.errors import ManifestError
-from pipeline.storage.layout import CONFIG_FILE, run_complete, shard_count, shard_images, shard_path, shard_seeds
+from pipeline.storage.layout import CONFIG_FILE, shard_count, shard_images, shard_path, shard_seeds
 from pipeline.storage.ledger import ShardRecord, file_mismatch, record_mismatch, record_shard, shard_record, table_images
 from pipeline.storage.manifest import shard_files, validate_schema
 from pipeline.models.assets import file_sha256
@@ -181,7 +180,7 @@ def _short(values: list[int]) -> str:
 def quarantine_shard(run_dir: Path, index: int, *, stamp: str | None = None) -> Path:
     """Move a shard's Parquet file and its image folder under `RUN/quarantine/<stamp>/`."""
     run_dir = Path(run_dir)
-    stamp = stamp or _stamp()
+    stamp = stamp or quarantine_stamp()
     destination = run_dir / QUARANTINE_DIR / stamp
     for source in (shard_path(run_dir, index), run_dir / shard_images(index)):
         if source.exists():
@@ -191,26 +190,6 @@ def quarantine_shard(run_dir: Path, index: int, *, stamp: str | None = None) -> 
     return destination
 
 
-def repair_run(run_dir: Path, report: Verification) -> list[int]:
-    """Quarantine every damaged shard and render it again (under its claim), then, once every
-    shard is there, the contact sheet and card (they show the shards' images); the shards made."""
-    from pipeline.storage.card import write_card
-    from pipeline.run import write_contact_sheet
-    from pipeline.storage.shard_claim import ShardStatus, generate_shard_once  # renders: imports torch
-
-    run_dir = Path(run_dir)
-    config = run_config(run_dir)
-    stamp = _stamp()
-    made = []
-    for index in report.damaged:
-        quarantine_shard(run_dir, index, stamp=stamp)
-        if generate_shard_once(config, run_dir, index).status == ShardStatus.WRITTEN:
-            made.append(index)
-    if run_complete(config, run_dir):
-        write_contact_sheet(run_dir)
-        write_card(run_dir)
-    return made
-
-
-def _stamp() -> str:
+def quarantine_stamp() -> str:
+    """A quarantine folder name: the UTC time to the microsecond, so repairs never collide."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")

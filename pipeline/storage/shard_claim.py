@@ -18,12 +18,10 @@ since replaced, stops its heartbeat), or when it is empty or unreadable for long
 unique name first: of two workers that both judge it stale only one rename succeeds, and the
 winner checks that it moved the very claim it judged (else it puts the newer claim back).
 
-After winning a claim the worker checks again that the shard file does not exist (another
-worker may have committed it and released its claim in between), so a shard's rows and images
-are produced by one worker. A committed shard is skipped only when its file matches its ledger
-record (`pipeline.storage.integrity.shard_damage`); one that does not is moved to the run's quarantine
-and made again, under the claim. The claim file's name starts with a dot, so manifest readers and
-dataset discovery never see it.
+After winning a claim a worker (`pipeline.stages.shards.generate_shard_once`) checks again that
+the shard file does not exist (another worker may have committed it and released its claim in
+between), so a shard's rows and images are produced by one worker. The claim file's name starts
+with a dot, so manifest readers and dataset discovery never see it.
 """
 
 from __future__ import annotations
@@ -40,15 +38,11 @@ from datetime import datetime, timezone
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import psutil
 
-from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.storage.integrity import quarantine_shard, shard_damage
-from pipeline.storage.layout import shard_path
 
 # A claim whose heartbeat stopped this long ago belongs to a dead owner on another machine.
 CLAIM_TIMEOUT_VARIABLE = "EXPRLOCK_CLAIM_TIMEOUT"
@@ -312,49 +306,3 @@ def _parse_owner(raw: bytes | None) -> ClaimOwner | None:
 
 def _read_owner(path: Path) -> ClaimOwner | None:
     return _parse_owner(_read_bytes(path))
-
-
-class ShardStatus(StrEnum):
-    """What happened to one shard in one worker."""
-
-    WRITTEN = "written"  # this worker rendered and committed it
-    REMADE = "remade"  # it was committed but damaged: quarantined, then rendered and committed again
-    DONE = "done"  # it was already committed, as the ledger recorded it
-    BUSY = "busy"  # another live worker holds its claim
-
-
-@dataclass(frozen=True)
-class ShardOutcome:
-    index: int
-    path: Path
-    rows: int
-    status: ShardStatus
-    note: str | None = None  # the owner of a busy shard; what was wrong with a remade one
-
-
-def generate_shard_once(
-    config: RunConfig,
-    run_dir: Path,
-    index: int,
-    *,
-    stale_after: float | None = None,
-    heartbeat: float = DEFAULT_HEARTBEAT,
-) -> ShardOutcome:
-    """`pipeline.run.generate_shard` under the shard's claim; a shard held elsewhere is BUSY, a
-    committed one that does not match its ledger record is quarantined and made again."""
-    from pipeline.run import generate_shard  # imports torch: only where shards are made
-
-    path = shard_path(run_dir, index)
-    if path.exists() and shard_damage(config, run_dir, index) is None:
-        return ShardOutcome(index, path, 0, ShardStatus.DONE)
-    with claim(path, stale_after=stale_after, heartbeat=heartbeat) as held:
-        if not isinstance(held, Claim):
-            return ShardOutcome(index, path, 0, ShardStatus.BUSY, held.describe() if held else "an unreadable claim")
-        damage = shard_damage(config, run_dir, index) if path.exists() else None
-        if path.exists() and damage is None:
-            return ShardOutcome(index, path, 0, ShardStatus.DONE)  # another worker made it meanwhile
-        if damage is not None:
-            quarantine_shard(run_dir, index)
-        result = generate_shard(config, run_dir, index)
-    status = ShardStatus.WRITTEN if damage is None else ShardStatus.REMADE
-    return ShardOutcome(index, path, result.rows, status, damage)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from pipeline.config import PreservationWeights, RunConfig
-from pipeline.discovery import Samples
+from pipeline.stages.discovery import Samples
 from pipeline.editing.files import CLASSIFIER_FILE, direction_path, editor_path
 from pipeline.editing.directions import load_direction
 from pipeline.editing.editor import LatentEditor, read_editor_record, save_editor

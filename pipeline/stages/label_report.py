@@ -8,7 +8,7 @@ resumable:
 3. two runs of `sources.count` sources: free expressions (the config without targets, on seeds
    after every seed the targeted run may try) and target expressions (the config as it is);
 4. PyEmotion, the held-out emotion judge, scores every source face (through
-   `pipeline.evaluation`, the only module that uses the judges); its agreement with the
+   `pipeline.stages.evaluation`, the only module that uses the judges); its agreement with the
    pipeline's label, overall and per label, with bootstrap intervals: on free sources, on the
    free sources whose label is confident, and on accepted target-expression sources;
 5. per-class acceptance rates of the targeted run, and a contact sheet per target class.
@@ -25,16 +25,16 @@ import pandas as pd
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.storage.card import write_card
 from pipeline.config import RunConfig
-from pipeline.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
+from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard, sample_shard_plan
 from pipeline.editing.files import direction_path, emotion_name
 from pipeline.editing.directions import load_direction
-from pipeline.evaluation import confident_sources, judge_confusion, judged_sources, label_agreement, markdown_table
+from pipeline.stages.evaluation import confident_sources, judge_confusion, judged_sources, label_agreement, markdown_table
 from pipeline.expressions import steer_sources
 from pipeline.images import contact_sheet, encode_png, read_png, write_atomic
 from pipeline.generators.factory import load_run_generator
 from pipeline.generators.base import FaceGenerator
 from pipeline.storage.layout import prepare_run, shard_count
-from pipeline.run import generate_shard, write_contact_sheet
+from pipeline.stages.generate import generate_shard, write_contact_sheet
 from pipeline.scoring import FaceScorer, load_scorer
 from pipeline.storage.summary import RunManifest, summarize
 
@@ -161,7 +161,7 @@ def write_label_report(
         "",
         f"Written by `exprlock label-report`; config with {config.sources.count} sources per run, "
         f"target expressions {reached} in equal shares, minimum ensemble confidence "
-        f"{config.sources.min_confidence:g}. Definitions: `pipeline/label_report.py`.",
+        f"{config.sources.min_confidence:g}. Definitions: `pipeline/stages/label_report.py`.",
         "The label is exprlock's: the emotion ensemble's top class. The judge is PyEmotion (FER2013 CNN,",
         "held out: no loss, label, selection or default ever uses it); it sees its authors' grey 48x48 crop",
         "of the face MTCNN finds, and faces MTCNN finds none in are left out (`sources` counts the rest).",

@@ -490,7 +490,7 @@ def write_report(
         f"# {name}",
         "",
         f"Runs: {', '.join(str(d) for d in run_dirs)}; {edits[Col.SEED].nunique()} sources, {len(edits)} edits.",
-        "Written by `exprlock evaluate`; see `pipeline/evaluation.py` for the definitions.",
+        "Written by `exprlock evaluate`; see `pipeline/stages/evaluation.py` for the definitions.",
         "",
         "## Methods compared (in-pipeline scorers)",
         "",
