@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from pipeline.config import PreservationWeights, RunConfig
-from pipeline.stages.discovery import ATTRIBUTE_SCORES
 from pipeline.editing.directions import Direction, load_direction, project_orthogonal
 from pipeline.editing.editor import LatentEditor, layer_mask, load_editor
 from pipeline.editing.files import (
@@ -40,6 +39,7 @@ from pipeline.editing.preservation import PreservationLoss
 from pipeline.editing.refine import RefinementConfig, refine_edits
 from pipeline.generators.base import FaceGenerator
 from pipeline.objectives import preservation_loss
+from pipeline.scoring import ATTRIBUTE_SCORES
 
 
 def edit_directions(source_scores: np.ndarray, threshold: float) -> torch.Tensor:

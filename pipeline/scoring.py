@@ -38,6 +38,15 @@ EmotionBackend = Literal["native", "deepface"]
 IdentityBackend = Literal["native", "insightface"]
 DEEPFACE_LICENCE = "deepface facial expression model (serengil/deepface, MIT); trained on FER2013"
 ATTRIBUTE_NAMES = tuple(name for name, _ in ATTRIBUTE_FIELDS)
+# The scorer column behind each editable attribute; higher means "more" of it.
+ATTRIBUTE_SCORES = {
+    "gender": "p_female",
+    "age": "age",
+    "hair_lightness": "hair_lightness",
+    "hair_redness": "hair_redness",
+    "skin_lightness": "skin_lightness",
+    "yaw": "yaw",
+}
 ADIENCE_NETS = {"p_female": "gender", "age": "age"}  # the attributes only the Adience nets give, by net
 # FaceMesh points for SFace's five-point template, in its order: eye on the image's left (the
 # subject's right), eye on the image's right, nose tip, mouth corner on the image's left, right.

@@ -34,17 +34,8 @@ from pipeline.editing.latent_classifier import fit_latent_classifier, save_laten
 from pipeline.errors import ConfigError
 from pipeline.images import write_atomic
 from pipeline.generators.base import FaceGenerator
-from pipeline.scoring import ATTRIBUTE_NAMES, FaceScorer
+from pipeline.scoring import ATTRIBUTE_NAMES, ATTRIBUTE_SCORES, FaceScorer
 
-# The scorer column behind each editable attribute; higher means "more" of it.
-ATTRIBUTE_SCORES = {
-    "gender": "p_female",
-    "age": "age",
-    "hair_lightness": "hair_lightness",
-    "hair_redness": "hair_redness",
-    "skin_lightness": "skin_lightness",
-    "yaw": "yaw",
-}
 # Version of the samples files: 2 holds the emotion ensemble's probabilities (1 held one model's).
 SAMPLES_FORMAT = 2
 
