@@ -210,6 +210,21 @@ def test_w_plus_editing_runs_unchanged_on_a_conditional_stylegan3_checkpoint(
 
 
 @pytest.mark.slow
+def test_the_contact_sheet_gives_each_preserving_editor_its_own_column(tmp_path: Path) -> None:
+    """Two `edits.preserve` entries with the same HFLD lambda are two methods, not one."""
+    config = small_edit_config(tmp_path / "models", "hair_lightness", 3.0, sources={"count": 2, "first_seed": 900})
+    preserve = [{"landmarks": 1000.0, "emotion": 30.0}, {"landmarks": 1000.0, "emotion": 0.0, "expression": 1.0}]
+    config = parse_config({**config.model_dump(mode="json"), "edits": {
+        **config.edits.model_dump(mode="json"), "methods": ["editor_preserve"], "preserve": preserve,
+    }})  # fmt: skip
+    train_models(config, load_dcgan())
+    run_dir = prepare_run(config, tmp_path / "run")
+    generate_shard(config, run_dir, 0)
+    sheet = read_png(write_contact_sheet(run_dir))
+    assert sheet.shape[1] == 3 * (64 * 2 + 2) + 2  # the source and one column per editor
+
+
+@pytest.mark.slow
 def test_the_lock_keeps_a_reaching_candidate_that_changes_the_emotion_least(tmp_path: Path) -> None:
     """The lock's choice, run against the same edits without it: where the plain edit reaches the
     attribute the kept one changes the emotion no more, and the flags match the manifest."""

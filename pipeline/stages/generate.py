@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from data_schemas import CURRENT_VERSION, Col
-from pipeline.config import RunConfig
+from pipeline.config import PreservationWeights, RunConfig
 from pipeline.images import ImageWriter, contact_sheet, encode_png, labelled_grid, read_png, write_atomic
 from pipeline.storage.layout import CONTACT_SHEET, edit_image, record_generator, shard_path, shard_seeds, source_image
 from pipeline.storage.ledger import record_shard, with_shard_metadata
@@ -230,7 +230,7 @@ def write_contact_sheet(run_dir: Path, *, limit: int = 64, edited_sources: int =
     """The run's contact sheet: without edits, a grid of the first `limit` source faces; with
     edits, the first `edited_sources` sources each beside its edits, every tile captioned with
     the ensemble's dominant emotion and, under an edit, whether it kept the source's."""
-    columns = [Col.SEED, Col.IMAGE_SOURCE, Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA,
+    columns = [Col.SEED, Col.IMAGE_SOURCE, Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA, Col.PRESERVATION,
                Col.IMAGE_EDIT, Col.EMOTION_SOURCE, Col.EMOTION_EDIT, Col.EMOTION_FLIPPED]
     frame = read_manifest(run_dir).select(columns).to_pandas()
     path = Path(run_dir) / CONTACT_SHEET
@@ -239,16 +239,14 @@ def write_contact_sheet(run_dir: Path, *, limit: int = 64, edited_sources: int =
         images = np.stack([read_png(Path(run_dir) / p) for p in frame[Col.IMAGE_SOURCE][:limit]])
         write_atomic(encode_png(contact_sheet(images)), path)
         return path
-    kinds = edits[[Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]].drop_duplicates().sort_values(
-        [Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]
-    )
-    one_method = kinds[[Col.EDITOR, Col.HFLD_LAMBDA]].drop_duplicates().shape[0] == 1
-    labels = ["source"] + [
-        f"{a} {s:g}" if one_method else f"{a} {m} {s:g}" for a, s, m, _ in kinds.itertuples(index=False)
-    ]
+    edits = edits.assign(**{_METHOD: [_method_name(row) for row in edits.to_dict("records")]})
+    key = [Col.ATTRIBUTE, Col.STRENGTH, _METHOD]
+    kinds = edits[key].drop_duplicates().sort_values(key)
+    one_method = kinds[_METHOD].nunique() == 1
+    labels = ["source"] + [f"{a} {s:g}" if one_method else f"{a} {m} {s:g}" for a, s, m in kinds.itertuples(index=False)]
     cells, captions = [], []
     for seed in sorted(edits[Col.SEED].unique())[:edited_sources]:
-        rows = edits[edits[Col.SEED] == seed].set_index([Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA])
+        rows = edits[edits[Col.SEED] == seed].set_index(key)
         first = rows.iloc[0]
         cells.append([read_png(Path(run_dir) / first[Col.IMAGE_SOURCE])])
         captions.append([first[Col.EMOTION_SOURCE] or ""])
@@ -260,3 +258,17 @@ def write_contact_sheet(run_dir: Path, *, limit: int = 64, edited_sources: int =
             captions[-1].append(f"{row[Col.EMOTION_EDIT] or ''}{mark}")
     write_atomic(encode_png(labelled_grid(cells, labels, captions=captions)), path)
     return path
+
+
+_METHOD = "method"
+
+
+def _method_name(row: dict) -> str:
+    """A contact-sheet column's method: HFLD methods with their lambda, preserving editors with
+    their terms, so two editors of one run never share a column."""
+    editor, weights = row[Col.EDITOR], row[Col.PRESERVATION]
+    if editor.endswith("_preserve") and weights is not None:
+        return f"{editor} {PreservationWeights(**{k: float(v or 0.0) for k, v in weights.items()}).slug}"
+    if editor in ("editor_hfld", "refined"):
+        return f"{editor} l{row[Col.HFLD_LAMBDA]:g}"
+    return editor
