@@ -305,19 +305,19 @@ def lock_table(edits: pd.DataFrame) -> pd.DataFrame:
 
 
 def cost_table(edits: pd.DataFrame) -> pd.DataFrame:
-    """Per method: mean wall seconds per edit as the runs recorded it (`edit_seconds`, schema
-    1.6: the edit, every lock candidate, and scoring the kept face) and its multiple of the
-    editor without preservation's. Empty for runs that did not record it."""
+    """Per attribute and method: mean wall seconds per edit as the runs recorded it
+    (`edit_seconds`, schema 1.6: the edit, every lock candidate, and scoring the kept face) and
+    its multiple of the same attribute's editor without preservation. Empty for runs that did not
+    record it."""
     if Col.EDIT_SECONDS not in edits or edits[Col.EDIT_SECONDS].isna().all():
         return pd.DataFrame()
     timed = edits[edits[Col.EDIT_SECONDS].notna()]
-    table = timed.groupby([Col.EDITOR, Col.HFLD_LAMBDA], dropna=False).agg(
-        edits=(Col.SEED, "count"), seconds_per_edit=(Col.EDIT_SECONDS, "mean")
-    ).reset_index()
-    base = table.loc[table[Col.EDITOR] == "editor", "seconds_per_edit"]
-    table["relative_to_editor"] = table["seconds_per_edit"] / base.iloc[0] if len(base) else np.nan
+    key = [Col.ATTRIBUTE, Col.EDITOR, Col.HFLD_LAMBDA]
+    table = timed.groupby(key, dropna=False).agg(edits=(Col.SEED, "count"), seconds_per_edit=(Col.EDIT_SECONDS, "mean")).reset_index()
+    base = table[table[Col.EDITOR] == "editor"].set_index(Col.ATTRIBUTE)["seconds_per_edit"]
+    table["relative_to_editor"] = table["seconds_per_edit"] / table[Col.ATTRIBUTE].map(base)
     order = table[Col.EDITOR].map(method_rank)
-    return table.assign(_order=order).sort_values(["_order", Col.HFLD_LAMBDA]).drop(columns="_order").reset_index(drop=True)
+    return table.assign(_order=order).sort_values([Col.ATTRIBUTE, "_order", Col.HFLD_LAMBDA]).drop(columns="_order").reset_index(drop=True)
 
 
 def judge_floor(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -> pd.DataFrame:
@@ -553,8 +553,10 @@ def write_report(
             "",
             "Wall seconds per edit as `generate` recorded them (`edit_seconds`): the edit, every lock",
             "candidate's render and scores, and scoring the kept face, on the machine and threads that made",
-            "the runs; `relative_to_editor` is the multiple of the editor without preservation terms.",
-            "Training an editor is paid once per attribute and is not included.",
+            "the runs; `relative_to_editor` is the multiple of the same attribute's editor without",
+            "preservation terms. Methods of one run share its machine's load; across runs, load can move",
+            "the figures more than the methods do. Training an editor is paid once per attribute and is",
+            "not included.",
             "",
             markdown_table(costs),
             "",
