@@ -107,6 +107,9 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     reduced = pd.read_csv(tmp_path / "report" / "hfld-evaluation-reductions.csv")
     assert {"pipeline", "pyemotion", "dlib68"} <= set(reduced["scorer"])
     assert {"base", "matched", "reduction", "low", "high"} <= set(reduced.columns)
+    long = pd.read_csv(tmp_path / "report" / "hfld-evaluation.csv")
+    assert set(long["metric"]) == {"emotion_js", "emotion_flip", "landmark_nme", "identity_cosine", "attribute_success"}
+    assert set(long["scorer"]) == {"pipeline", "pyemotion", "dlib68", "dlib68_aligned"}
     # What each method cost per edit, and the emotion judge's own noise on mirrored sources.
     assert "## Cost per edit" in report and "### The emotion judge against itself" in report
     costs = cost_table(load_edits([run_dir])).set_index([Col.ATTRIBUTE, Col.EDITOR]).loc["hair_lightness"]

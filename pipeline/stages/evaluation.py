@@ -246,7 +246,7 @@ LONG_METRICS = (
     ("pyemotion_js", "pyemotion", "emotion_js"),
     ("pyemotion_flip_rate", "pyemotion", "emotion_flip"),
     ("dlib68_nme", "dlib68", "landmark_nme"),
-    ("dlib68_nme_aligned", "dlib68", "landmark_nme_aligned"),
+    ("dlib68_nme_aligned", "dlib68_aligned", "landmark_nme"),  # dlib after similarity alignment
 )
 
 
