@@ -111,7 +111,7 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     assert set(long["metric"]) == {"emotion_js", "emotion_flip", "landmark_nme", "identity_cosine", "attribute_success"}
     assert set(long["scorer"]) == {"pipeline", "pyemotion", "dlib68", "dlib68_aligned"}
     # What each method cost per edit, and the emotion judge's own noise on mirrored sources.
-    assert "## Cost per edit" in report and "### The emotion judge against itself" in report
+    assert "## Cost per edit" in report and "### Each emotion scorer against itself" in report
     costs = cost_table(load_edits([run_dir])).set_index([Col.ATTRIBUTE, Col.EDITOR]).loc["hair_lightness"]
     assert costs.at["editor", "seconds_per_edit"] == pytest.approx(frame.loc[frame[Col.EDITOR] == "editor", Col.EDIT_SECONDS].mean())
     assert costs.at["editor", "relative_to_editor"] == pytest.approx(1.0)

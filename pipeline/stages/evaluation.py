@@ -320,23 +320,36 @@ def cost_table(edits: pd.DataFrame) -> pd.DataFrame:
     return table.assign(_order=order).sort_values([Col.ATTRIBUTE, "_order", Col.HFLD_LAMBDA]).drop(columns="_order").reset_index(drop=True)
 
 
-def judge_floor(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -> pd.DataFrame:
-    """What PyEmotion reports between each distinct source face and its left-right mirror, which
-    shows the same expression: the judge's own noise, under which no edit can read. Means over
-    the sources it found a face in both times, with bootstrap 95 % intervals."""
+def mirror_floor(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -> pd.DataFrame:
+    """What PyEmotion and the pipeline's emotion ensemble each report between every distinct
+    source face and its left-right mirror, which shows the same expression: each scorer's own
+    noise, a floor under the change it reports for any edit. Means over the sources the scorer
+    judged both times (PyEmotion: MTCNN found a face in both), with bootstrap 95 % intervals."""
+    from pipeline.images import read_png
     from pipeline.judges.scores import mirror_changes
+    from pipeline.metrics import js_divergence
+    import torch
+
+    from pipeline.scoring import load_scorer
 
     sources = edits.drop_duplicates(Col.IMAGE_SOURCE_SHA256)
-    changes = mirror_changes([Path(d) / p for d, p in zip(sources[RUN_DIR], sources[Col.IMAGE_SOURCE], strict=True)])
-    judged = changes[changes["judged"].astype(bool)]
-    if judged.empty:
-        return pd.DataFrame()
+    paths = [Path(d) / p for d, p in zip(sources[RUN_DIR], sources[Col.IMAGE_SOURCE], strict=True)]
+    judge = mirror_changes(paths)
+    images = torch.from_numpy(np.stack([read_png(path) for path in paths])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    scorer = load_scorer("cpu", False)
+    p, q = (scorer.score(batch, identity=False).emotion_probs for batch in (images, images.flip(3)))
+    ensemble = pd.DataFrame({"judged": True, "js": js_divergence(p, q), "flipped": (p.argmax(axis=1) != q.argmax(axis=1)).astype(float)})
     rng = np.random.default_rng(seed)
     rows = []
-    for metric, column in (("pyemotion_js", "js"), ("pyemotion_flip_rate", "flipped")):
-        values = judged[column].to_numpy(float)
-        low, high = _interval(values[rng.integers(0, len(values), size=(draws, len(values)))].mean(axis=1))
-        rows.append({"metric": metric, "sources": len(sources), "judged": len(judged), "value": values.mean(), "low": low, "high": high})
+    for scorer_name, changes in (("pipeline", ensemble), ("pyemotion", judge)):
+        judged = changes[changes["judged"].astype(bool)]
+        for metric, column in (("emotion_js", "js"), ("emotion_flip", "flipped")):
+            values = judged[column].to_numpy(float)
+            low, high = _interval(values[rng.integers(0, len(values), size=(draws, len(values)))].mean(axis=1))
+            rows.append({
+                "scorer": scorer_name, "metric": metric, "sources": len(sources), "judged": len(judged),
+                "value": values.mean(), "low": low, "high": high,
+            })
     return pd.DataFrame.from_records(rows)
 
 
@@ -509,12 +522,13 @@ def write_report(
             "",
             markdown_table(summary[[*GROUP, *(c for c in JUDGE_METRICS if c in summary)]]),
             "",
-            "### The emotion judge against itself",
+            "### Each emotion scorer against itself",
             "",
-            "PyEmotion on each source face and on its left-right mirror, which shows the same expression:",
-            "what it reports between them is its own noise, a floor under the change it reports for any edit.",
+            "PyEmotion and the pipeline's ensemble on each source face and on its left-right mirror, which",
+            "shows the same expression: what a scorer reports between the two is its own noise, a floor",
+            "under the change it reports for any edit.",
             "",
-            markdown_table(judge_floor(edits, draws=draws)),
+            markdown_table(mirror_floor(edits, draws=draws)),
             "",
         ]
     lines += [
