@@ -215,7 +215,7 @@ def demo_models(tmp_path: Path) -> Path:
 
 def test_edits_without_their_editor_are_refused(tmp_path: Path, no_server: list[str]) -> None:
     models = demo_models(tmp_path)
-    editor = models / "editors" / "gender-l1000-e30.safetensors"
+    editor = models / "editors" / "gender-l1000-e30-x100.safetensors"
     editor.unlink()
     config = write_config(tmp_path, EDITED)
     message = refused(["--config", str(config), "--out", str(tmp_path / "run")], tmp_path, no_server)
@@ -273,7 +273,15 @@ def test_os_errors_name_the_path_and_the_remedy() -> None:
 
 @pytest.mark.slow
 def test_a_full_disk_during_a_run_is_one_line_exit_1_and_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import pkgutil
+
     import pipeline.images
+
+    # Modules that bind write_atomic by name bind the real one before it is patched, so the fake
+    # does not outlive this test in a module first imported during it.
+    for module in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+        importlib.import_module(module.name)
 
     attempts: list[Path] = []
 

@@ -108,7 +108,7 @@ def test_each_method_names_the_editors_it_needs() -> None:
             "attributes": [attribute],
             "methods": methods,
             "hfld_lambdas": [100.0, 1000.0],
-            "preserve": [{"landmarks": 1000.0, "emotion": 2.0, "identity": 3.0}, {"landmarks": 0.0, "emotion": 5.0}],
+            "preserve": [{"landmarks": 1000.0, "emotion": 2.0, "identity": 3.0, "expression": 0.0}, {"landmarks": 0.0, "emotion": 5.0, "identity": 0.0, "expression": 0.0}],
         }
         return [(a, w.landmarks, w.emotion, w.identity) for a, w in required_editors(parse_config({"edits": edits}))]
 

@@ -150,13 +150,14 @@ def test_training_with_an_emotion_term_lowers_its_change_at_similar_success() ->
 
 
 def test_identity_is_off_for_gender_by_default_and_weights_name_their_editor() -> None:
-    edits = {"methods": ["editor_preserve"], "attributes": ["gender", "age"], "preserve": [{"identity": 10.0}]}
-    entry = parse_config({"edits": edits}).edits.preserve[0]
-    assert entry.weights("gender").identity == 0 and entry.weights("age").identity == 10.0
+    edits = {"methods": ["editor_preserve"], "attributes": ["gender", "age"]}
+    entry = parse_config({"edits": edits}).edits.preserve[0]  # the default: every term
+    assert entry.weights("gender") == PreservationWeights(1000.0, 30.0, 0.0, 100.0)
+    assert entry.weights("age") == PreservationWeights(1000.0, 30.0, 10.0, 100.0)
     assert PreservationWeights(1000.0, 30.0, 0.0).slug == "l1000-e30"
     assert PreservationWeights(0.0, 0.0, 10.0).slug == "i10"
     with pytest.raises(ConfigError, match="every weight 0 is the base editor"):
-        parse_config({"edits": {"preserve": [{"landmarks": 0, "emotion": 0, "identity": 0}]}})
+        parse_config({"edits": {"preserve": [{"landmarks": 0, "emotion": 0, "identity": 0, "expression": 0}]}})
 
 
 def test_the_training_terms_read_faces_as_the_manifest_scores_them() -> None:
