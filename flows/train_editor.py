@@ -24,7 +24,7 @@ from pipeline.stages.train_editors import required_editors, train_editor
 
 
 def editor_task_name() -> str:
-    """`editor-<attribute>-<weights>`, e.g. `editor-gender-l1000-e30`."""
+    """`editor-<attribute>-<weights>`, e.g. `editor-gender-l1000-e30-x100`."""
     parameters = task_run.parameters
     return f"editor-{parameters['attribute']}-{PreservationWeights(**parameters['weights']).slug}"
 
