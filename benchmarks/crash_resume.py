@@ -22,11 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_schemas import Col
-from pipeline.config import load_config
-from pipeline.storage.integrity import verify_run
-from pipeline.storage.layout import shard_count, shard_path
-from pipeline.storage.manifest import read_manifest
+# Run as a script, this file's folder comes first on sys.path and its neighbour pipeline.py would
+# hide the `pipeline` package.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+from data_schemas import Col  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.storage.integrity import verify_run  # noqa: E402
+from pipeline.storage.layout import shard_count, shard_path  # noqa: E402
+from pipeline.storage.manifest import read_manifest  # noqa: E402
 
 EXPRLOCK = str(Path(sys.executable).parent / "exprlock")
 

@@ -18,17 +18,22 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
+# Run as a script, this file's folder comes first on sys.path and its neighbour pipeline.py would
+# hide the `pipeline` package.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-from pipeline.config import LockConfig, load_config
-from pipeline.editing.plan import plan_edits
-from pipeline.edits import Editing, edit_directions
-from pipeline.generators.factory import load_run_generator, resolve_device
-from pipeline.stages.generate import make_edit
-from pipeline.scoring import load_scorer
+import torch  # noqa: E402
+
+from pipeline.config import LockConfig, load_config  # noqa: E402
+from pipeline.editing.plan import plan_edits  # noqa: E402
+from pipeline.edits import Editing, edit_directions  # noqa: E402
+from pipeline.generators.factory import load_run_generator, resolve_device  # noqa: E402
+from pipeline.stages.generate import make_edit  # noqa: E402
+from pipeline.scoring import load_scorer  # noqa: E402
 
 
 def main() -> None:

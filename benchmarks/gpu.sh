@@ -71,7 +71,7 @@ for name in dcgan stylegan2-256 stylegan2-1024; do
 done
 
 # StyleGAN render rates; the rows this run appends to benchmarks/results.jsonl.
-before=$(wc -l <benchmarks/results.jsonl)
+before=$( (cat benchmarks/results.jsonl 2>/dev/null || true) | wc -l)
 timeout 120 "$PYTHON" benchmarks/stylegan.py --device "$DEVICE" --batch-sizes 1 8 32 \
     $([ "$DEVICE" = cpu ] && echo "--resolutions 256 --batch-sizes 1 --repeats 1")
 tail -n +"$((before + 1))" benchmarks/results.jsonl >"$OUT/stylegan.jsonl"

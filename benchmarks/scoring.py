@@ -11,13 +11,18 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
+# Run as a script, this file's folder comes first on sys.path and its neighbour pipeline.py would
+# hide the `pipeline` package.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-from pipeline.generators.dcgan import load_dcgan
-from pipeline.scoring import FaceScorer, compare
+import torch  # noqa: E402
+
+from pipeline.generators.dcgan import load_dcgan  # noqa: E402
+from pipeline.scoring import FaceScorer, compare  # noqa: E402
 
 
 def _synchronise(device: torch.device) -> None:

@@ -21,15 +21,20 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# Run as a script, this file's folder comes first on sys.path and its neighbour pipeline.py would
+# hide the `pipeline` package.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-from data_schemas import Col
-from pipeline.config import parse_config
-from pipeline.storage.manifest import read_manifest
+import torch  # noqa: E402
+
+from data_schemas import Col  # noqa: E402
+from pipeline.config import parse_config  # noqa: E402
+from pipeline.storage.manifest import read_manifest  # noqa: E402
 
 
 def _api() -> contextlib.AbstractContextManager:
