@@ -219,21 +219,15 @@ def test_scores_are_cached_by_image_digest(tmp_path: Path, generated: np.ndarray
 
 
 def test_the_mirror_floor_reads_zero_on_symmetric_faces_and_skips_faceless_images(
-    tmp_path: Path, generated: np.ndarray, emotion_judge: PyEmotionJudge
+    generated: np.ndarray, emotion_judge: PyEmotionJudge
 ) -> None:
     """A face that is its own mirror image cannot move the judge; an ordinary face moves it by
     exactly what PyEmotion says between the two pictures; an image without a face is not judged."""
-    from pipeline.images import encode_png, write_atomic
-
     left = generated[0][:, :32]
     symmetric = np.concatenate([left, left[:, ::-1]], axis=1)
     faceless = np.full_like(generated[0], 128)
     face = generated[1]
-    images = [symmetric, faceless, face]
-    paths = [tmp_path / f"{i}.png" for i in range(len(images))]
-    for image, path in zip(images, paths):
-        write_atomic(encode_png(image), path)
-    changes = judge_scores.mirror_changes(paths)
+    changes = judge_scores.mirror_changes(np.stack([symmetric, faceless, face]))
     assert changes["judged"].tolist() == [True, False, True]
     assert changes.at[0, "js"] == 0.0 and changes.at[0, "flipped"] == 0.0
     assert np.isnan(changes.at[1, "js"])

@@ -6,6 +6,7 @@ anything heavy loads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,3 +74,11 @@ def required_models(config: RunConfig) -> list[Path]:
         if spec.method in ("refined", "refined_preserve"):
             needed.append(directory / CLASSIFIER_FILE)
     return list(dict.fromkeys(needed))
+
+
+def preserving_method(editor: str, preservation: Mapping[str, float | None] | None) -> str:
+    """A manifest row's method with a preserving editor's terms, e.g. `editor_preserve l1000-e30`,
+    so two preserving editors of one run are told apart; other methods as they are."""
+    if not editor.endswith("_preserve") or preservation is None:
+        return editor
+    return f"{editor} {PreservationWeights(**{k: float(v or 0.0) for k, v in preservation.items()}).slug}"

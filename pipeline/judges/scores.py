@@ -91,15 +91,15 @@ def score_images(
     return known.loc[~known.index.duplicated(keep="last")]
 
 
-def mirror_changes(paths: Sequence[Path]) -> pd.DataFrame:
-    """PyEmotion on each image and on its left-right mirror, one row per image: `judged`
-    (MTCNN found a face in both), and `js` and `flipped` as an edit's metrics would read them."""
+def mirror_changes(images: np.ndarray) -> pd.DataFrame:
+    """PyEmotion on each uint8 image `(N, H, W, 3)` and on its left-right mirror, one row per
+    image: `judged` (MTCNN found a face in both), and `js` and `flipped` as an edit's metrics
+    would read them."""
     detector, emotion_judge = MTCNN(), PyEmotionJudge()
     parts = []
-    for start in range(0, len(paths), BATCH_SIZE):
-        images = np.stack([read_png(path) for path in paths[start : start + BATCH_SIZE]])
-        mirrored = np.ascontiguousarray(images[:, :, ::-1])
-        p, q = (emotion_judge(batch, _largest_boxes(detector(batch))) for batch in (images, mirrored))
+    for start in range(0, len(images), BATCH_SIZE):
+        batch = images[start : start + BATCH_SIZE]
+        p, q = (emotion_judge(view, _largest_boxes(detector(view))) for view in (batch, np.ascontiguousarray(batch[:, :, ::-1])))
         judged = ~np.isnan(p).any(axis=1) & ~np.isnan(q).any(axis=1)
         p, q = np.nan_to_num(p), np.nan_to_num(q)
         parts.append(pd.DataFrame({

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from data_schemas import EMOTION_LABELS, Col
-from pipeline.config import PreservationWeights
+from pipeline.editing.plan import preserving_method
 from pipeline.storage.manifest import read_manifest
 
 GROUP = [Col.ATTRIBUTE, Col.STRENGTH, Col.EDITOR, Col.HFLD_LAMBDA]
@@ -80,11 +80,7 @@ def load_edits(run_dirs: list[Path]) -> pd.DataFrame:
 
 def method_label(row: dict) -> str:
     """The compared method of a manifest row: editor, preservation weights, lock."""
-    label = row[Col.EDITOR]
-    weights = row.get(Col.PRESERVATION)
-    if label.endswith("_preserve") and weights is not None:
-        slug = PreservationWeights(**{k: float(v or 0.0) for k, v in weights.items()}).slug
-        label = f"{label} {slug}"
+    label = preserving_method(row[Col.EDITOR], row.get(Col.PRESERVATION))
     candidates = row.get(Col.LOCK_CANDIDATES)
     if candidates is not None and not pd.isna(candidates) and candidates > 1:
         label = f"{label}+lock"
@@ -325,19 +321,19 @@ def mirror_floor(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -> p
     source face and its left-right mirror, which shows the same expression: each scorer's own
     noise, a floor under the change it reports for any edit. Means over the sources the scorer
     judged both times (PyEmotion: MTCNN found a face in both), with bootstrap 95 % intervals."""
+    import torch
+
     from pipeline.images import read_png
     from pipeline.judges.scores import mirror_changes
     from pipeline.metrics import js_divergence
-    import torch
-
     from pipeline.scoring import load_scorer
 
     sources = edits.drop_duplicates(Col.IMAGE_SOURCE_SHA256)
-    paths = [Path(d) / p for d, p in zip(sources[RUN_DIR], sources[Col.IMAGE_SOURCE], strict=True)]
-    judge = mirror_changes(paths)
-    images = torch.from_numpy(np.stack([read_png(path) for path in paths])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = np.stack([read_png(Path(d) / p) for d, p in zip(sources[RUN_DIR], sources[Col.IMAGE_SOURCE], strict=True)])
+    judge = mirror_changes(pixels)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
     scorer = load_scorer("cpu", False)
-    p, q = (scorer.score(batch, identity=False).emotion_probs for batch in (images, images.flip(3)))
+    p, q = (scorer.describe(batch, attributes=())[0] for batch in (images, images.flip(3)))
     ensemble = pd.DataFrame({"judged": True, "js": js_divergence(p, q), "flipped": (p.argmax(axis=1) != q.argmax(axis=1)).astype(float)})
     rng = np.random.default_rng(seed)
     rows = []

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from data_schemas import CURRENT_VERSION, Col
-from pipeline.config import PreservationWeights, RunConfig
+from pipeline.config import RunConfig
 from pipeline.images import ImageWriter, contact_sheet, encode_png, labelled_grid, read_png, write_atomic
 from pipeline.storage.layout import CONTACT_SHEET, edit_image, record_generator, shard_path, shard_seeds, source_image
 from pipeline.storage.ledger import record_shard, with_shard_metadata
@@ -27,7 +27,7 @@ from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.generators.base import FaceGenerator, to_uint8
 from pipeline.editing.files import emotion_name
 from pipeline.editing.directions import Direction
-from pipeline.editing.plan import EditSpec, plan_edits
+from pipeline.editing.plan import EditSpec, plan_edits, preserving_method
 from pipeline.edits import Editing, attribute_reached, edit_directions
 from pipeline.expressions import SteeredSources, plan_targets, steer_sources
 from pipeline.lock import lock_edit
@@ -266,9 +266,7 @@ _METHOD = "method"
 def _method_name(row: dict) -> str:
     """A contact-sheet column's method: HFLD methods with their lambda, preserving editors with
     their terms, so two editors of one run never share a column."""
-    editor, weights = row[Col.EDITOR], row[Col.PRESERVATION]
-    if editor.endswith("_preserve") and weights is not None:
-        return f"{editor} {PreservationWeights(**{k: float(v or 0.0) for k, v in weights.items()}).slug}"
+    editor = row[Col.EDITOR]
     if editor in ("editor_hfld", "refined"):
         return f"{editor} l{row[Col.HFLD_LAMBDA]:g}"
-    return editor
+    return preserving_method(editor, row[Col.PRESERVATION])
