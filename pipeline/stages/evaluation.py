@@ -226,7 +226,7 @@ def reductions(
 def method_reductions(edits: pd.DataFrame, *, draws: int = DRAWS) -> pd.DataFrame:
     """`reductions` against the editor without preservation of every preserving method the
     edits hold (HFLD editor, refinement, preserving editors, locked or not)."""
-    methods = sorted((m for m in set(edits[Col.EDITOR]) if m not in BASE_METHODS), key=method_rank)
+    methods = sorted((m for m in set(edits[Col.EDITOR]) if m not in BASE_METHODS), key=lambda m: (method_rank(m), m))
     if "editor" not in set(edits[Col.EDITOR]) or not methods:
         return pd.DataFrame()
     return pd.concat([reductions(edits, ours=m, draws=draws) for m in methods], ignore_index=True)
