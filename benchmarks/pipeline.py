@@ -2,7 +2,8 @@
 
 Run by hand, never in CI:
 
-    python benchmarks/pipeline.py --config configs/demo.yaml [--device cpu|cuda] [--count 64] [--threads N] [--json]
+    python benchmarks/pipeline.py --config configs/demo.yaml [--device cpu|cuda] [--count 64] [--threads N]
+        [--precision float32|bfloat16|float16] [--json]
 
 Renders the config's sources (`--count` of them when given) through the real `generate` flow
 into a fresh directory (on PREFECT_API_URL when set, else a temporary Prefect API started before
@@ -140,14 +141,16 @@ def _api() -> contextlib.AbstractContextManager:
     return prefect_test_harness(server_startup_timeout=120)
 
 
-def profile(config_path: Path, device: str | None, count: int | None) -> dict[str, Any]:
+def profile(config_path: Path, device: str | None, count: int | None, precision: str | None = None) -> dict[str, Any]:
     from flows.generate import generate
 
     config = with_device(load_config(config_path), device)
+    data = config.model_dump(mode="json")
     if count is not None:
-        data = config.model_dump(mode="json")
         data["sources"]["count"] = count
-        config = parse_config(data)
+    if precision is not None:
+        data["scoring"]["precision"] = precision
+    config = parse_config(data)
     resolved = str(resolve_device(config.device))
     faces = config.sources.count
     configure_threads()
@@ -175,6 +178,7 @@ def profile(config_path: Path, device: str | None, count: int | None) -> dict[st
         "config": str(config_path),
         "device": resolved,
         "threads": torch.get_num_threads(),
+        "precision": config.scoring.precision,
         "faces": faces,
         "rows": summary["rows_written"],
         "seconds": round(wall, 3),
@@ -193,17 +197,20 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: the config's")
     parser.add_argument("--count", type=int, default=None, help="sources to render; default the config's")
     parser.add_argument("--threads", type=int, default=None, help="thread budget of torch, OpenCV and onnxruntime")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="the classifiers' scoring.precision; default the config's")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     if args.threads is not None:
         os.environ[ENV_VAR] = str(args.threads)
-    result = profile(args.config, args.device, args.count)
+    result = profile(args.config, args.device, args.count, args.precision)
     with open(Path(__file__).with_name("results.jsonl"), "a") as log:
         log.write(json.dumps(result) + "\n")
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{result['faces']} faces on {result['device']} ({result['threads']} threads) in {result['seconds']:.1f} s; "
+    print(f"{result['faces']} faces on {result['device']} ({result['threads']} threads, classifiers in "
+          f"{result['precision']}) in {result['seconds']:.1f} s; "
           f"load average {result['load_average']:.2f}")
     print(f"end to end {result['e2e_faces_per_s']:.2f} faces/s, raw generator {result['raw_faces_per_s']:.1f} faces/s, "
           f"ratio {result['ratio']:.2%}")

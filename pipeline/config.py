@@ -22,11 +22,12 @@ from pipeline.errors import ConfigError
 _EXECUTION_FIELDS = {"device", "batch_size", "base_dir"}
 # Settings of target expressions; left out of the run id of a run without targets, so runs
 # made before they existed keep their id. Likewise the preserving editors' weights without a
-# method that uses them, the lock when it is off or there is nothing to edit, and layer
-# restrictions when there are none.
+# method that uses them, the lock when it is off or there is nothing to edit, layer
+# restrictions when there are none, and the classifiers' precision when it is float32.
 _EXPRESSION_FIELDS = ("expressions", "min_confidence", "expression_steps", "expression_step", "max_candidates")
 _PRESERVE_METHODS = {"editor_preserve", "refined_preserve"}
 
+Precision = Literal["float32", "bfloat16", "float16"]
 EmotionLabel = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
@@ -81,6 +82,11 @@ class ScoringConfig(_Strict):
     )
     identity: Literal["native", "insightface"] | None = Field(
         None, description="identity model; null: native SFace on demo, insightface ArcFace on ffhq"
+    )
+    precision: Precision = Field(
+        "float32",
+        description="number format of the torch classifiers (emotion, identity, Adience); FaceMesh landmarks and "
+        "detection stay float32. bfloat16: CPUs with AVX512-BF16 or AMX, and GPUs; float16: GPUs only",
     )
 
 
@@ -289,9 +295,9 @@ class RunConfig(_Strict):
     def identity_backend(self) -> str:
         return self.scoring.identity or ("insightface" if self.profile == "ffhq" else "native")
 
-    def scorer_settings(self, device: str) -> tuple[str, bool, str, str]:
+    def scorer_settings(self, device: str) -> tuple[str, bool, str, str, str]:
         """The arguments of `pipeline.scoring.load_scorer` for this run on `device`."""
-        return device, self.scoring.attributes, self.emotion_backend, self.identity_backend
+        return device, self.scoring.attributes, self.emotion_backend, self.identity_backend, self.scoring.precision
 
     @property
     def run_id(self) -> str:
@@ -305,6 +311,8 @@ class RunConfig(_Strict):
             del identity["edits"]["lock"]
         if not self.edits.layers:
             del identity["edits"]["layers"]
+        if self.scoring.precision == "float32":
+            del identity["scoring"]["precision"]
         identity["generator"]["kind"] = self.generator_kind
         identity["scoring"].update(emotion=self.emotion_backend, identity=self.identity_backend)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

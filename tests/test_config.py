@@ -72,6 +72,16 @@ def test_run_id_follows_content_not_execution_settings() -> None:
     assert base.run_id.startswith("demo-")
 
 
+def test_classifier_precision_is_part_of_the_run_only_when_reduced() -> None:
+    base = parse_config({"sources": {"count": 8}})
+    assert base.run_id == parse_config({"sources": {"count": 8}, "scoring": {"precision": "float32"}}).run_id
+    reduced = parse_config({"sources": {"count": 8}, "scoring": {"precision": "bfloat16"}})
+    assert reduced.run_id != base.run_id
+    assert reduced.scorer_settings("cpu")[-1] == "bfloat16"
+    with pytest.raises(ConfigError, match="scoring.precision: input should be 'float32', 'bfloat16' or 'float16'"):
+        parse_config({"scoring": {"precision": "int8"}})
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

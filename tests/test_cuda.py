@@ -75,6 +75,25 @@ def test_every_scorer_gives_the_cpu_scores_on_cuda() -> None:
         np.testing.assert_allclose(cuda.attributes[both, column], cpu.attributes[both, column], atol=ATTRIBUTE_TOLERANCE[name], err_msg=name)
 
 
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_reduced_precision_classifiers_on_cuda_stay_near_float32_on_the_cpu(precision: str) -> None:
+    """`scoring.precision` on the GPU, within `tests/test_score_reference.py`'s bfloat16
+    tolerances; FaceMesh stays float32, so landmarks keep the float32 CUDA tolerance."""
+    from test_score_reference import BFLOAT16_ATTRIBUTE_TOLERANCE, BFLOAT16_MIN_COSINE, BFLOAT16_TOLERANCE
+
+    generator = load_dcgan()
+    with torch.no_grad():
+        images = generator.synthesize(generator.sample_latents(range(32)))
+    cpu = load_scorer("cpu", True).score(images)
+    cuda = load_scorer("cuda", True, "native", "native", precision).score(images.to("cuda"))
+    np.testing.assert_allclose(cuda.emotion_model_probs, cpu.emotion_model_probs, atol=BFLOAT16_TOLERANCE["emotion_model_probs"])
+    np.testing.assert_allclose(cuda.landmarks[..., :2], cpu.landmarks[..., :2], atol=0.5)
+    assert (cuda.embeddings * cpu.embeddings).sum(axis=1).min() >= BFLOAT16_MIN_COSINE
+    for name, tolerance in BFLOAT16_ATTRIBUTE_TOLERANCE.items():
+        column = ATTRIBUTE_NAMES.index(name)
+        np.testing.assert_allclose(cuda.attributes[:, column], cpu.attributes[:, column], atol=tolerance, err_msg=name)
+
+
 def test_a_generate_run_with_every_edit_method_runs_on_cuda(tmp_path: Path) -> None:
     """Editors trained on the CPU edit on the GPU (refinement's FaceMesh gradients included),
     and the run's rows carry the CPU run's sources and scores within tolerance."""

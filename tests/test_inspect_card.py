@@ -159,3 +159,14 @@ def test_card_names_the_terms_of_a_model_behind_the_editors_loss(scored: tuple[P
     record["config"]["edits"].update(methods=["editor_preserve"], preserve=[{"landmarks": 0.0, "expression": 1.0}])
     (run_dir / "config.json").write_text(json.dumps(record))
     assert licence in write_card(run_dir).read_text()
+
+
+def test_card_says_when_the_classifiers_ran_in_reduced_precision(scored: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(scored[0], run_dir)
+    statement = "The torch classifiers (emotion, identity, gender and age) ran in bfloat16"
+    assert statement not in write_card(run_dir).read_text()
+    record = json.loads((run_dir / "config.json").read_text())
+    record["config"]["scoring"]["precision"] = "bfloat16"
+    (run_dir / "config.json").write_text(json.dumps(record))
+    assert statement in write_card(run_dir).read_text()

@@ -57,7 +57,7 @@ def write_card(run_dir: Path) -> Path:
         _header(summary, record),
         _config_section(record),
         _generator_section(run_dir),
-        _models_section(models),
+        _models_section(models, record),
         _counts_section(summary, split_rows),
         _expressions_section(summary, record),
         _lock_section(summary, record),
@@ -160,7 +160,7 @@ def _generator_section(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _models_section(models: list[dict[str, Any]]) -> str:
+def _models_section(models: list[dict[str, Any]], record: dict[str, Any]) -> str:
     rows = ["## Models", "", "| role | model | SHA-256 | source | licence |", "|---|---|---|---|---|"]
     for model in models:
         asset: Asset | None = model["asset"]
@@ -169,6 +169,11 @@ def _models_section(models: list[dict[str, Any]]) -> str:
         rows.append(f"| {model['role']} | `{model['name']}` | `{model['sha256']}` | {source} | {licence} |")
     if not models:
         rows.append("| - | no model provenance columns in this manifest | | | |")
+    precision = record.get("config", {}).get("scoring", {}).get("precision", "float32")
+    if precision != "float32":
+        rows += ["", f"The torch classifiers (emotion, identity, gender and age) ran in {precision} "
+                 "(`scoring.precision`), so their scores may differ from float32 ones by the tolerances in "
+                 "`tests/test_score_reference.py`; FaceMesh landmarks and face detection ran in float32."]
     return "\n".join(rows)
 
 

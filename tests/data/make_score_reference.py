@@ -24,12 +24,13 @@ SEEDS = list(range(1000, 1016))
 OUT = Path(__file__).with_name("score_reference.npz")
 
 
-def reference_scores() -> dict[str, np.ndarray]:
-    """Scores of `SEEDS` (all scorers on), and pair metrics of the first half against the second."""
+def reference_scores(precision: str = "float32") -> dict[str, np.ndarray]:
+    """Scores of `SEEDS` (all scorers on, classifiers at `precision`), and pair metrics of the
+    first half against the second."""
     generator = load_dcgan()
     with torch.no_grad():
         images = generator.synthesize(generator.sample_latents(SEEDS))
-    scores = FaceScorer(device="cpu", attributes=True).score(images)
+    scores = FaceScorer(device="cpu", attributes=True, precision=precision).score(images)
     half = len(SEEDS) // 2
     first, second = (
         type(scores)(**{name: getattr(scores, name)[part] for name in scores.__dataclass_fields__})
