@@ -64,7 +64,9 @@ def check_artifacts(run_id: str) -> None:
         assert sorted(r.name for r in runs) == [f"generate-{run_id}"] * 2
         latest = max(runs, key=lambda r: r.start_time)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [latest.id]}))
-        assert sorted(t.name for t in tasks if t.name.startswith("shard-")) == ["shard-00000", "shard-00001", "shard-00002"]
+        shards = [t for t in tasks if t.name.startswith("shard-")]
+        assert sorted(t.name for t in shards) == ["shard-00000", "shard-00001", "shard-00002"]
+        assert all(t.tags == [] for t in shards)  # CPU shards take no concurrency slot (flows.generate)
         assert latest.state.is_completed() and latest.state.result()["rows_written"] == 2  # the persisted summary
 
         def artifact(suffix: str):  # noqa: ANN202
@@ -78,6 +80,13 @@ def check_artifacts(run_id: str) -> None:
         assert f"# Run `{run_id}`" in summary and "**8 rows** from **8 sources** in 3 shards." in summary
         table = json.loads(artifact("shards").data)
         assert [(row["shard"], row["status"], row["rows"]) for row in table] == [(0, "done", 0), (1, "done", 0), (2, "written", 2)]
+
+
+def test_only_gpu_shards_carry_the_throttling_tag() -> None:
+    from flows.generate import GPU_TAG, slot_tags
+
+    assert slot_tags("cpu") == []
+    assert slot_tags("cuda") == [GPU_TAG]
 
 
 def test_cli_dry_run_prints_the_run_id(config_file: Path) -> None:
