@@ -8,12 +8,15 @@
 # 2. benchmarks/pipeline.py on the GPU, every scorer on, for the DCGAN demo profile and for
 #    random StyleGAN2 generators (config-f channels, written by save_generator) at 256 and
 #    1024 px; a random network costs what a trained one does, though its faces are not faces;
+#    and the 1024 px one again with the classifiers in float16 (scoring.precision; bfloat16 with
+#    DEVICE=cpu);
 # 3. benchmarks/stylegan.py on the GPU: render rates of StyleGAN2 and StyleGAN3 by resolution
 #    and batch size.
 #
 # Installs nothing beyond the project (`make install` unless PYTHON names an interpreter that
 # already has it). Writes into $OUT: device.txt, cuda-tests.log, dcgan.json, stylegan2-256.json,
-# stylegan2-1024.json (one benchmarks/pipeline.py --json object each) and stylegan.jsonl.
+# stylegan2-1024.json, stylegan2-1024-reduced.json (one benchmarks/pipeline.py --json object each)
+# and stylegan.jsonl.
 # DEVICE=cpu and SCALE=N (N times fewer faces) check the script itself on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +72,10 @@ for name in dcgan stylegan2-256 stylegan2-1024; do
     timeout 150 "$PYTHON" benchmarks/pipeline.py --config "$scratch/$name.yaml" --device "$DEVICE" --json | tail -n 1 >"$OUT/$name.json"
     cat "$OUT/$name.json"
 done
+reduced=$([ "$DEVICE" = cuda ] && echo float16 || echo bfloat16)  # float16 runs only on CUDA
+timeout 150 "$PYTHON" benchmarks/pipeline.py --config "$scratch/stylegan2-1024.yaml" --device "$DEVICE" --precision "$reduced" \
+    --json | tail -n 1 >"$OUT/stylegan2-1024-reduced.json"
+cat "$OUT/stylegan2-1024-reduced.json"
 
 # StyleGAN render rates; the rows this run appends to benchmarks/results.jsonl.
 before=$( (cat benchmarks/results.jsonl 2>/dev/null || true) | wc -l)

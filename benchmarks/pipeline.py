@@ -8,7 +8,8 @@ Run by hand, never in CI:
 Renders the config's sources (`--count` of them when given) through the real `generate` flow
 into a fresh directory (on PREFECT_API_URL when set, else a temporary Prefect API started before
 timing), after loading the generator and scorers once, and times the raw generator (latents
-sampled and rendered, batch `batch_size`) on as many faces in the same process. Stage shares
+sampled and rendered, batch `batch_size`; the median of three passes) on as many faces in the
+same process. Stage shares
 come from timing the leaf calls exclusively (a call's time excludes the timed calls inside it):
 render, each scorer model, the colour and pose attributes, the edits, PNGs (encoded and written
 on a thread pool: the time the shard spends queueing them, and waiting for and syncing them
@@ -26,6 +27,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -114,18 +116,22 @@ def instrument(clock: StageClock, config: RunConfig, device: str) -> None:
         clock.wrap(owner, attribute, name)
 
 
-def raw_rate(config: RunConfig, device: str, count: int) -> float:
-    """Faces per second of the generator alone: latents sampled and rendered in batches."""
+def raw_rate(config: RunConfig, device: str, count: int, repeats: int = 3) -> float:
+    """Faces per second of the generator alone: latents sampled and rendered in batches; the
+    median of `repeats` passes, as one pass of a small generator lasts under a second."""
     generator, _, _ = load_run_generator(config, device)
     seeds = list(range(count))
+    rates = []
     with torch.no_grad():
         generator.synthesize(generator.sample_latents(seeds[: config.batch_size]))  # warm-up
-        _synchronise(device)
-        start = time.perf_counter()
-        for first in range(0, count, config.batch_size):
-            generator.synthesize(generator.sample_latents(seeds[first : first + config.batch_size]))
-        _synchronise(device)
-    return count / (time.perf_counter() - start)
+        for _ in range(repeats):
+            _synchronise(device)
+            start = time.perf_counter()
+            for first in range(0, count, config.batch_size):
+                generator.synthesize(generator.sample_latents(seeds[first : first + config.batch_size]))
+            _synchronise(device)
+            rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def _synchronise(device: str) -> None:
