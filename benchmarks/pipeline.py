@@ -8,7 +8,7 @@ Run by hand, never in CI:
 Renders the config's sources (`--count` of them when given) through the real `generate` flow
 into a fresh directory (on PREFECT_API_URL when set, else a temporary Prefect API started before
 timing), after loading the generator and scorers once, and times the raw generator (latents
-sampled and rendered, batch `batch_size`; the median of three passes) on as many faces in the
+sampled and rendered in the run's batches; the median of three passes) on as many faces in the
 same process. Stage shares
 come from timing the leaf calls exclusively (a call's time excludes the timed calls inside it):
 render, each scorer model, the colour and pose attributes, the edits, PNGs (encoded and written
@@ -121,14 +121,15 @@ def raw_rate(config: RunConfig, device: str, count: int, repeats: int = 3) -> fl
     median of `repeats` passes, as one pass of a small generator lasts under a second."""
     generator, _, _ = load_run_generator(config, device)
     seeds = list(range(count))
+    batch = config.batch_size_on(torch.device(device).type)
     rates = []
     with torch.no_grad():
-        generator.synthesize(generator.sample_latents(seeds[: config.batch_size]))  # warm-up
+        generator.synthesize(generator.sample_latents(seeds[:batch]))  # warm-up
         for _ in range(repeats):
             _synchronise(device)
             start = time.perf_counter()
-            for first in range(0, count, config.batch_size):
-                generator.synthesize(generator.sample_latents(seeds[first : first + config.batch_size]))
+            for first in range(0, count, batch):
+                generator.synthesize(generator.sample_latents(seeds[first : first + batch]))
             _synchronise(device)
             rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -28,6 +28,7 @@ _EXPRESSION_FIELDS = ("expressions", "min_confidence", "expression_steps", "expr
 _PRESERVE_METHODS = {"editor_preserve", "refined_preserve"}
 
 Precision = Literal["float32", "bfloat16", "float16"]
+AUTO_BATCH_SIZE = {"cpu": 32, "cuda": 128}  # images per model call under `batch_size: auto`
 EmotionLabel = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
@@ -246,13 +247,24 @@ class RunConfig(_Strict):
     discovery: DiscoveryConfig = DiscoveryConfig()
     training: TrainingConfig = TrainingConfig()
     edits: EditsConfig = EditsConfig()
-    batch_size: StrictInt = Field(32, ge=1, le=4096, description="images per model call")
+    batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="images per model call; auto: 32 on the CPU, 128 on a GPU. A batch that runs a GPU out of "
+        "memory is halved until it fits",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     base_dir: str | None = Field(
         None,
         description="folder that relative paths (generator.checkpoint, edits.directory, edits.direction_files) "
         "resolve against; set from the config file's folder when loaded from a file, else the working directory",
     )
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size_in_range(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and 1 <= value <= 4096):
+            return value
+        raise ValueError(f"batch_size: expected a whole number from 1 to 4096, or 'auto' (got {value!r})")
 
     @model_validator(mode="after")
     def _generator_fits_profile(self) -> RunConfig:
@@ -317,6 +329,13 @@ class RunConfig(_Strict):
         identity["scoring"].update(emotion=self.emotion_backend, identity=self.identity_backend)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return f"{self.profile}-{digest[:12]}"
+
+    def batch_size_on(self, device_type: str) -> int:
+        """`batch_size` for a device type ("cpu" or "cuda"), "auto" resolved: two CPU cores gain
+        nothing from batches above 32, and a GPU needs larger ones to be kept busy."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        return AUTO_BATCH_SIZE["cuda" if device_type == "cuda" else "cpu"]
 
     @property
     def seeds(self) -> range:

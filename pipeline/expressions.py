@@ -122,7 +122,7 @@ def steer_sources(
             directions[target].edit(latents[i : i + 1].expand(len(offsets), *latents.shape[1:]), offsets.to(latents.device))
             for i, (_, target) in enumerate(pending)
         ])
-        scored, detected = _in_batches(expressions, generator, paths, config.batch_size)
+        scored, detected = _in_batches(expressions, generator, paths, config.batch_size_on(generator.device.type))
         probs = scored.reshape(len(pending), len(offsets), *scored.shape[1:])
         faces = detected.reshape(len(pending), len(offsets))
         still = []

@@ -86,7 +86,7 @@ def ensure_sample_shard(config: RunConfig, index: int, generator: FaceGenerator,
     """Sample and score one shard unless its file exists (so discovery resumes)."""
     path, seeds = sample_shard_plan(config)[index]
     if not path.exists():
-        write_samples(sample_shard(generator, scorer, seeds, config.batch_size), path)
+        write_samples(sample_shard(generator, scorer, seeds, config.batch_size_on(generator.device.type)), path)
     return path
 
 

@@ -42,6 +42,7 @@ from pipeline.scoring import (
     source_score_columns,
 )
 from pipeline.threads import configure_threads
+from pipeline.batching import fitting_batch_size, halve_batch_size
 
 
 @dataclass(frozen=True)
@@ -74,56 +75,16 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
         editing.require_generator(generator_sha)
     columns: dict[str, list] = defaultdict(list)
     with ImageWriter(run_dir) as writer:
-        for start in range(0, len(seeds), config.batch_size):
-            batch = seeds[start : start + config.batch_size]
-            if targets:
-                slots = [seed - config.sources.first_seed for seed in batch]
-                steered = steer_sources(
-                    config, generator, scorer.expressions, _target_directions(editing, targets), slots, [targets[i] for i in slots]
-                )
-                latents, names, origin = steered.latents, steered.seeds, _steering_columns(batch, steered)
-            else:
-                latents, names, origin = generator.sample_latents(batch), list(batch), {}
-            with torch.no_grad():
-                floats = generator.synthesize(latents)
-            source = {
-                Col.SEED: names,
-                **origin,
-                Col.LATENT: list(latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
-                **_save_images(writer, [source_image(index, seed) for seed in names], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
-            }
-            scores = scorer.score(floats, identity=bool(specs)) if scorer is not None else None
-            if scores is not None:
-                source.update(source_score_columns(scores, scorer.provenance()))
-            if not specs:
-                _extend(columns, source)
-                continue
-            for spec in specs:
-                threshold = editing.threshold(spec.attribute)
-                before = scores.attribute(editing.score_name(spec.attribute))
-                signs = edit_directions(before, threshold)
-                started = time.perf_counter()
-                made = make_edit(config, editing, generator, scorer, spec, latents, scores, signs)
-                seconds = (time.perf_counter() - started) / len(batch)
-                after = made.scores.attribute(editing.score_name(spec.attribute))
-                edit = {
-                    Col.ATTRIBUTE: [spec.attribute] * len(batch),
-                    Col.STRENGTH: [spec.strength] * len(batch),
-                    Col.EDITOR: [spec.method] * len(batch),
-                    Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
-                    Col.PRESERVATION: [asdict(spec.weights)] * len(batch),
-                    **made.lock_columns,
-                    Col.EDIT_SECONDS: [seconds] * len(batch),
-                    Col.LATENT_EDIT: list(made.latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
-                    **_save_images(
-                        writer, [edit_image(index, seed, spec.slug) for seed in names], made.images, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
-                    ),
-                    **edit_score_columns(made.scores, compare(scores, made.scores)),
-                    Col.ATTRIBUTE_SCORE_SOURCE: before.tolist(),
-                    Col.ATTRIBUTE_SCORE_EDIT: after.tolist(),
-                    Col.ATTRIBUTE_REACHED: attribute_reached(signs, after, threshold).tolist(),
-                }
-                _extend(columns, {**source, **edit})
+        start = 0
+        while start < len(seeds):
+            batch = seeds[start : start + fitting_batch_size(device, config.batch_size_on(device.type))]
+            try:
+                rows = _batch_rows(config, index, batch, generator, scorer, editing, specs, targets, writer)
+            except torch.OutOfMemoryError as error:
+                halve_batch_size(device, len(batch), error)
+                continue  # the same seeds again, in smaller batches; their PNGs are rewritten unchanged
+            _extend(columns, rows)
+            start += len(batch)
         writer.flush()  # every PNG durable before the Parquet that names them is committed
     for name in (Col.IMAGE_SOURCE_SHA256, Col.IMAGE_EDIT_SHA256):
         if name in columns:
@@ -151,6 +112,70 @@ def generate_shard(config: RunConfig, run_dir: Path, index: int) -> ShardResult:
     write_shard(table, path)
     record_shard(run_dir, index, path, table)
     return ShardResult(index, path, count, skipped=False)
+
+
+def _batch_rows(
+    config: RunConfig,
+    index: int,
+    batch: range,
+    generator: FaceGenerator,
+    scorer: FaceScorer | None,
+    editing: Editing | None,
+    specs: list[EditSpec],
+    targets: list[str],
+    writer: ImageWriter,
+) -> dict[str, list]:
+    """The manifest rows of one batch of seeds, with their PNGs queued on `writer`."""
+    rows: dict[str, list] = defaultdict(list)
+    if targets:
+        slots = [seed - config.sources.first_seed for seed in batch]
+        steered = steer_sources(
+            config, generator, scorer.expressions, _target_directions(editing, targets), slots, [targets[i] for i in slots]
+        )
+        latents, names, origin = steered.latents, steered.seeds, _steering_columns(batch, steered)
+    else:
+        latents, names, origin = generator.sample_latents(batch), list(batch), {}
+    with torch.no_grad():
+        floats = generator.synthesize(latents)
+    source = {
+        Col.SEED: names,
+        **origin,
+        Col.LATENT: list(latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
+        **_save_images(writer, [source_image(index, seed) for seed in names], floats, Col.IMAGE_SOURCE, Col.IMAGE_SOURCE_SHA256),
+    }
+    scores = scorer.score(floats, identity=bool(specs)) if scorer is not None else None
+    if scores is not None:
+        source.update(source_score_columns(scores, scorer.provenance()))
+    if not specs:
+        _extend(rows, source)
+        return rows
+    for spec in specs:
+        threshold = editing.threshold(spec.attribute)
+        before = scores.attribute(editing.score_name(spec.attribute))
+        signs = edit_directions(before, threshold)
+        started = time.perf_counter()
+        made = make_edit(config, editing, generator, scorer, spec, latents, scores, signs)
+        seconds = (time.perf_counter() - started) / len(batch)
+        after = made.scores.attribute(editing.score_name(spec.attribute))
+        edit = {
+            Col.ATTRIBUTE: [spec.attribute] * len(batch),
+            Col.STRENGTH: [spec.strength] * len(batch),
+            Col.EDITOR: [spec.method] * len(batch),
+            Col.HFLD_LAMBDA: [spec.hfld_lambda] * len(batch),
+            Col.PRESERVATION: [asdict(spec.weights)] * len(batch),
+            **made.lock_columns,
+            Col.EDIT_SECONDS: [seconds] * len(batch),
+            Col.LATENT_EDIT: list(made.latents.detach().float().cpu().reshape(len(batch), -1).numpy()),
+            **_save_images(
+                writer, [edit_image(index, seed, spec.slug) for seed in names], made.images, Col.IMAGE_EDIT, Col.IMAGE_EDIT_SHA256
+            ),
+            **edit_score_columns(made.scores, compare(scores, made.scores)),
+            Col.ATTRIBUTE_SCORE_SOURCE: before.tolist(),
+            Col.ATTRIBUTE_SCORE_EDIT: after.tolist(),
+            Col.ATTRIBUTE_REACHED: attribute_reached(signs, after, threshold).tolist(),
+        }
+        _extend(rows, {**source, **edit})
+    return rows
 
 
 @dataclass(frozen=True)
