@@ -121,3 +121,8 @@ def test_yaml_aliases_and_other_encodings_are_refused_quickly(tmp_path: Path) ->
     toml.write_text("profile = 'demo'\nprofile = 'demo'\n")
     with pytest.raises(ConfigError, match=r"twice.toml: not valid TOML"):
         load_config(toml)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_config_loads(path: Path) -> None:
+    assert load_config(path).run_id
