@@ -277,6 +277,8 @@ class RunConfig(_Strict):
             raise ValueError("generator.class_index: only conditional StyleGAN generators take a class; remove it")
         if self.edits.attributes and not self.scoring.enabled:
             raise ValueError("scoring.enabled: edits need scores (each edit's direction follows its source's score)")
+        if self.scoring.precision == "float16" and self.device == "cpu":
+            raise ValueError("scoring.precision: float16 runs only on CUDA; use bfloat16 or float32 on the CPU")
         if self.sources.expressions and not self.scoring.enabled:
             raise ValueError("scoring.enabled: target expressions need the emotion ensemble's scores")
         return self

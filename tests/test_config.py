@@ -80,6 +80,8 @@ def test_classifier_precision_is_part_of_the_run_only_when_reduced() -> None:
     assert reduced.scorer_settings("cpu")[-1] == "bfloat16"
     with pytest.raises(ConfigError, match="scoring.precision: input should be 'float32', 'bfloat16' or 'float16'"):
         parse_config({"scoring": {"precision": "int8"}})
+    with pytest.raises(ConfigError, match="scoring.precision: float16 runs only on CUDA; use bfloat16 or float32 on the CPU"):
+        parse_config({"scoring": {"precision": "float16"}, "device": "cpu"})
 
 
 @pytest.mark.parametrize(
