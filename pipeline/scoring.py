@@ -175,7 +175,8 @@ class FaceScorer:
     """All scoring models, loaded once; `score` takes generator images `(N, 3, R, R)` in [-1, 1].
 
     Args:
-        device: where the torch models run (the YuNet detector and insightface's graphs run on the CPU).
+        device: where the torch models run, YuNet included on a CUDA device (on the CPU it runs
+            through OpenCV, which is faster there); insightface's graphs run on the CPU.
         attributes: also run the Adience gender and age nets (the slowest scorers); without
             them `p_female` and `age` are NaN.
         emotion: "native" (FER2013 mini-Xception asset) or "deepface" (deepface's emotion
@@ -209,7 +210,7 @@ class FaceScorer:
         self.expression = self._placed(FaceExpressionClassifier())
         self.identity = self._placed(IdentityEncoder()) if identity == "native" else ArcFaceIdentity()
         self.embedding_size = EMBEDDING_DIM if isinstance(self.identity, IdentityEncoder) else self.identity.dim
-        self.detector = FaceDetector()
+        self.detector = FaceDetector(device=self.device)
         self.adience = AdienceGenderAge(self.device) if attributes else None
         self._provenance: list[dict[str, str]] | None = None
 

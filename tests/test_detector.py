@@ -124,3 +124,49 @@ def test_torch_input_gives_the_same_result(detector: FaceDetector, generated: np
 def test_bad_images_are_refused(detector: FaceDetector, images: np.ndarray) -> None:
     with pytest.raises(ImageError, match=r"images: expected uint8 RGB \(N, H, W, 3\)"):
         detector.detect(images)
+
+
+@pytest.fixture(scope="module")
+def in_torch() -> FaceDetector:
+    return FaceDetector(runtime="torch")
+
+
+def test_the_torch_graph_gives_opencvs_heads(generated: np.ndarray) -> None:
+    """YuNet's ONNX graph run by torch against OpenCV's DNN module on the same input."""
+    from pipeline.models.yunet import YuNetGraph
+
+    graph = YuNetGraph(FaceDetector().path).eval()
+    bgr = np.stack([cv2.resize(image[..., ::-1], (256, 256), interpolation=cv2.INTER_CUBIC) for image in generated[:4]])
+    with torch.inference_mode():
+        heads = graph(torch.from_numpy(bgr).permute(0, 3, 1, 2).float())
+    net = cv2.dnn.readNet(str(FaceDetector().path))
+    for index, image in enumerate(bgr):
+        net.setInput(cv2.dnn.blobFromImage(image))
+        for name, reference in zip(graph.outputs, net.forward(graph.outputs), strict=True):
+            np.testing.assert_allclose(heads[name][index].numpy(), reference[0], rtol=0, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("case", ["generated", "astronaut", "padded", "oblong", "blank and noise"])
+def test_the_torch_runtime_finds_what_opencv_finds(
+    detector: FaceDetector, in_torch: FaceDetector, generated: np.ndarray, astronaut: np.ndarray, case: str
+) -> None:
+    """Same best face, score, box and landmarks: at 256 px, at 512 px, at a size YuNet pads to
+    a multiple of 32 (100 px: 128), on a non-square image, and with no face at all."""
+    rng = np.random.default_rng(0)
+    images = {
+        "generated": generated,
+        "astronaut": astronaut[None],
+        "padded": generated[:6],
+        "oblong": astronaut[None, 20:260, 100:400],
+        "blank and noise": np.stack([np.zeros((64, 64, 3), np.uint8), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]),
+    }[case]
+    reference, torch_runtime = (detector, in_torch) if case != "padded" else (FaceDetector(min_side=100), FaceDetector(min_side=100, runtime="torch"))
+    expected, found = reference.detect(images), torch_runtime.detect(images)
+    np.testing.assert_array_equal(found.found, expected.found)
+    np.testing.assert_allclose(found.scores, expected.scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(found.boxes, expected.boxes, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(found.landmarks, expected.landmarks, rtol=0, atol=1e-3)
+    if case == "blank and noise":
+        assert not found.found.any()
+    else:
+        assert found.found.any()

@@ -19,15 +19,18 @@ upscaled image by multiplying with the scale, and boxes can be passed to `FaceMe
 (through `expand_face_box`) as they are. Code that puts the centre of the top-left pixel at
 (0, 0), as OpenCV's `FaceRecognizerSF.alignCrop` does, subtracts 0.5.
 
-`cv2.FaceDetectorYN` takes one image per call, so a batch is a loop over images that reuses one
-detector per input size. A `FaceDetector` is not safe to share between threads (the OpenCV
-objects are stateful); give each worker thread its own.
+On the CPU, `cv2.FaceDetectorYN` takes one image per call, so a batch is a loop over images that
+reuses one detector per input size. On a CUDA device the same ONNX graph runs in torch
+(`pipeline.models.yunet`), the whole batch at once, with the outputs of OpenCV's decoding. A
+`FaceDetector` is not safe to share between threads (the OpenCV objects are stateful); give each
+worker thread its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -35,6 +38,7 @@ import torch
 
 from pipeline.images import as_uint8_images
 from pipeline.models.assets import asset_path
+from pipeline.models.yunet import YuNetGraph, best_candidates
 
 # Order of YuNet's five landmarks; left and right are the subject's, so the right eye appears on
 # the left of an unmirrored image.
@@ -78,6 +82,10 @@ class FaceDetector:
         nms_threshold: IoU above which overlapping candidates are suppressed.
         min_side: images whose shorter side is smaller are upscaled (bicubic) to this side
             before detection.
+        device: where YuNet runs in torch; OpenCV runs on the CPU.
+        runtime: "opencv" (`cv2.FaceDetectorYN`) or "torch" (`pipeline.models.yunet`, batched, on
+            `device`); None takes torch on a CUDA device and OpenCV elsewhere, the faster of the
+            two on each.
     """
 
     def __init__(
@@ -87,6 +95,8 @@ class FaceDetector:
         score_threshold: float = 0.6,
         nms_threshold: float = 0.3,
         min_side: int = 256,
+        device: str | torch.device = "cpu",
+        runtime: Literal["opencv", "torch"] | None = None,
     ) -> None:
         if not 0 < score_threshold <= 1:
             raise ValueError(f"score_threshold: expected a value in (0, 1], got {score_threshold}")
@@ -97,6 +107,9 @@ class FaceDetector:
         self.nms_threshold = nms_threshold
         self.min_side = min_side
         self._by_size: dict[tuple[int, int], cv2.FaceDetectorYN] = {}
+        self.device = torch.device(device)
+        runtime = runtime or ("torch" if self.device.type == "cuda" else "opencv")
+        self._graph = YuNetGraph(self.path).to(self.device).eval() if runtime == "torch" else None
 
     def detect(self, images: np.ndarray | torch.Tensor) -> FaceDetections:
         """The best face of each uint8 RGB image `(N, H, W, 3)`."""
@@ -105,25 +118,44 @@ class FaceDetector:
         scale = max(1.0, self.min_side / min(height, width))
         size = (round(width * scale), round(height * scale))
         factor = np.array([width / size[0], height / size[1]], dtype=np.float32)
-        detector = self._detector(size)
-        scores = np.zeros(count, dtype=np.float32)
-        boxes = np.full((count, 4), np.nan, dtype=np.float32)
-        landmarks = np.full((count, 5, 2), np.nan, dtype=np.float32)
-        for index, image in enumerate(images):
-            if size != (width, height):
-                image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
-            _, faces = detector.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            if faces is None or len(faces) == 0:
-                continue
-            best = faces[np.argmax(faces[:, 14])]
-            scores[index] = best[14]
-            x, y, w, h = best[:4]
-            boxes[index] = np.array([x, y, x + w, y + h]) * np.tile(factor, 2)
-            landmarks[index] = best[4:14].reshape(5, 2) * factor
+        resized = [image if size == (width, height) else cv2.resize(image, size, interpolation=cv2.INTER_CUBIC) for image in images]
+        if self._graph is not None and count:
+            scores, boxes, landmarks = self._detect_in_torch(resized, size)
+        else:
+            scores, boxes, landmarks = self._detect_in_opencv(resized, size)
+        boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1) * np.tile(factor, 2)
+        landmarks = landmarks * factor
         found = scores >= self.score_threshold
         boxes[~found] = np.nan
         landmarks[~found] = np.nan
         return FaceDetections(found=found, scores=scores, boxes=boxes, landmarks=landmarks)
+
+    def _detect_in_opencv(self, images: list[np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Best candidate per image: score `(N,)` (0 where none), box (x, y, w, h), landmarks."""
+        detector = self._detector(size)
+        scores = np.zeros(len(images), dtype=np.float32)
+        boxes = np.full((len(images), 4), np.nan, dtype=np.float32)
+        landmarks = np.full((len(images), 5, 2), np.nan, dtype=np.float32)
+        for index, image in enumerate(images):
+            _, faces = detector.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            if faces is None or len(faces) == 0:
+                continue
+            best = faces[np.argmax(faces[:, 14])]
+            scores[index], boxes[index], landmarks[index] = best[14], best[:4], best[4:14].reshape(5, 2)
+        return scores, boxes, landmarks
+
+    @torch.inference_mode()
+    def _detect_in_torch(self, images: list[np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `_detect_in_opencv`, the batch at once: BGR, padded right and below with zeros to
+        multiples of 32 as `FaceDetectorYN` pads, candidates under its score floor dropped."""
+        width, height = size
+        padded = (-(-width // 32) * 32, -(-height // 32) * 32)
+        batch = torch.from_numpy(np.stack(images)).to(self.device).flip(-1).permute(0, 3, 1, 2).float()
+        batch = torch.nn.functional.pad(batch, (0, padded[0] - width, 0, padded[1] - height))
+        scores, boxes, landmarks = (t.float().cpu().numpy() for t in best_candidates(self._graph(batch), padded))
+        none = scores < _SCORE_FLOOR
+        scores[none], boxes[none], landmarks[none] = 0.0, np.nan, np.nan
+        return scores, boxes, landmarks
 
     def _detector(self, size: tuple[int, int]) -> cv2.FaceDetectorYN:
         """One OpenCV detector per input size (width, height), created on first use."""
