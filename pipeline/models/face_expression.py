@@ -58,16 +58,19 @@ def _pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 
 
 class _SeparableConv(nn.Module):
-    """Depthwise 3x3 (with the stride) then pointwise 1x1 with bias, "same" padding."""
+    """Depthwise 3x3 (with the stride) then pointwise 1x1 with bias, "same" padding: one pixel
+    each side at stride 1, which the convolution pads itself without copying its input; at
+    stride 2 TensorFlow pads more after the input than before, so the input is padded first."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         self.stride = stride
-        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, stride=stride, groups=in_channels, bias=False)
+        padding = 1 if stride == 1 else 0
+        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=padding, groups=in_channels, bias=False)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(_pad_same(x, 3, self.stride)))
+        return self.pointwise(self.depthwise(x if self.stride == 1 else _pad_same(x, 3, self.stride)))
 
 
 class _FirstConv(nn.Module):
