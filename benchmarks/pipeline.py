@@ -9,12 +9,12 @@ Renders the config's sources (`--count` of them when given) through the real `ge
 into a fresh directory (on PREFECT_API_URL when set, else a temporary Prefect API started before
 timing), after loading the generator and scorers once, and times the raw generator (latents
 sampled and rendered in the run's batches; the median of three passes) on as many faces in the
-same process. Stage shares
-come from timing the leaf calls exclusively (a call's time excludes the timed calls inside it):
-render, each scorer model, the colour and pose attributes, the edits, PNGs (encoded and written
-on a thread pool: the time the shard spends queueing them, and waiting for and syncing them
-before its commit), Parquet writing, the rest of the shard task, the contact sheet and card,
-and Prefect (the flow's wall time outside all of these: orchestration, logging, artifacts). Prints a table, or with --json one object with
+same process. Stage shares come from timing the leaf calls exclusively (a call's time excludes
+the timed calls inside it): render, each scorer model, the colour and pose attributes, the
+edits, PNGs (encoded and written on a thread pool: the time the shard spends queueing them, and
+waiting for and syncing them before its commit), Parquet writing, the rest of the shard task,
+the contact sheet and card, and Prefect (the flow's wall time outside all of these:
+orchestration, logging, artifacts). Prints a table, or with --json one object with
 `e2e_faces_per_s`, `raw_faces_per_s`, `ratio` and `stages`; appends it to
 benchmarks/results.jsonl.
 """

@@ -35,6 +35,14 @@ def as_uint8_images(images: np.ndarray | torch.Tensor, name: str = "images") -> 
     return np.ascontiguousarray(images)
 
 
+def to_float_images(images: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 RGB `(N, H, W, 3)` as the generator's float `(N, 3, H, W)` in [-1, 1] on `device`:
+    the inverse of `pipeline.generators.base.to_uint8`, for models that take generator images."""
+    import torch
+
+    return torch.from_numpy(as_uint8_images(images)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """uint8 (H, W, 3) RGB to PNG bytes (deterministic for the same pixels)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

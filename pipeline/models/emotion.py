@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import CheckpointError, ImageError
+from pipeline.images import to_float_images
 from pipeline.models.assets import asset_path
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -336,11 +337,6 @@ class EmotionClassifier(nn.Module):
         self, images: torch.Tensor | np.ndarray, boxes: torch.Tensor | np.ndarray | None = None
     ) -> torch.Tensor:
         """Class probabilities `(N, 7)` (float32, CPU) for uint8 RGB faces `(N, H, W, 3)`."""
-        images = torch.as_tensor(images)
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ImageError(
-                f"images: expected uint8 RGB (N, H, W, 3), got {images.dtype} of shape {tuple(images.shape)}"
-            )
-        x = images.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = to_float_images(images, self.device)
         boxes = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32)
         return self(x, boxes).softmax(dim=1).cpu()

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import CheckpointError, ImageError
-from pipeline.images import as_uint8_images
+from pipeline.images import to_float_images
 from pipeline.models.assets import asset_path
 from pipeline.models.emotion import crop_resize
 
@@ -239,7 +239,5 @@ class FaceExpressionClassifier(nn.Module):
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Class probabilities `(N, 7)` (float32, CPU) for whole uint8 RGB faces `(N, H, W, 3)`."""
-        pixels = torch.from_numpy(as_uint8_images(images))
-        x = pixels.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return self(x).softmax(dim=1).cpu()
+        return self(to_float_images(images, self.device)).softmax(dim=1).cpu()
 

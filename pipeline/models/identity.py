@@ -37,6 +37,7 @@ from pipeline.errors import CheckpointError, ImageError
 from pipeline.models.assets import asset_path
 from pipeline.models.emotion import crop_resize
 from pipeline.generators.base import to_uint8
+from pipeline.images import to_float_images
 
 CROP_SIZE = 112
 EMBEDDING_DIM = 128
@@ -287,7 +288,7 @@ def align_faces(images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
 
 def align_crops(images: torch.Tensor | np.ndarray, landmarks: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 aligned crops `(N, 112, 112, 3)` from uint8 RGB `(N, H, W, 3)`; see `align_faces`."""
-    x = _uint8_to_float(images)
+    x = to_float_images(images)
     return to_uint8(align_faces(x, torch.as_tensor(landmarks, dtype=torch.float32)))
 
 
@@ -323,13 +324,6 @@ def _check_float_images(images: torch.Tensor) -> None:
     ):
         found = f"{images.dtype} of shape {tuple(images.shape)}" if hasattr(images, "shape") else type(images).__name__
         raise ImageError(f"images: expected a float RGB tensor (N, 3, H, W) in [-1, 1], got {found}")
-
-
-def _uint8_to_float(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    images = torch.as_tensor(images)
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ImageError(f"images: expected uint8 RGB (N, H, W, 3), got {images.dtype} of shape {tuple(images.shape)}")
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 class IdentityEncoder(nn.Module):
@@ -373,7 +367,7 @@ class IdentityEncoder(nn.Module):
     @torch.no_grad()
     def embed(self, crops: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Unit-length embeddings `(N, 128)` (float32, CPU) of uint8 RGB crops `(N, 112, 112, 3)`."""
-        return self(_uint8_to_float(crops).to(self.device)).cpu()
+        return self(to_float_images(crops, self.device)).cpu()
 
 
 def cosine(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -321,9 +321,7 @@ def mirror_floor(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -> p
     source face and its left-right mirror, which shows the same expression: each scorer's own
     noise, a floor under the change it reports for any edit. Means over the sources the scorer
     judged both times (PyEmotion: MTCNN found a face in both), with bootstrap 95 % intervals."""
-    import torch
-
-    from pipeline.images import read_png
+    from pipeline.images import read_png, to_float_images
     from pipeline.judges.scores import mirror_changes
     from pipeline.metrics import js_divergence
     from pipeline.scoring import load_scorer
@@ -331,7 +329,7 @@ def mirror_floor(edits: pd.DataFrame, *, draws: int = DRAWS, seed: int = 0) -> p
     sources = edits.drop_duplicates(Col.IMAGE_SOURCE_SHA256)
     pixels = np.stack([read_png(Path(d) / p) for d, p in zip(sources[RUN_DIR], sources[Col.IMAGE_SOURCE], strict=True)])
     judge = mirror_changes(pixels)
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = to_float_images(pixels)
     scorer = load_scorer("cpu", False)
     p, q = (scorer.describe(batch, attributes=())[0] for batch in (images, images.flip(3)))
     ensemble = pd.DataFrame({"judged": True, "js": js_divergence(p, q), "flipped": (p.argmax(axis=1) != q.argmax(axis=1)).astype(float)})

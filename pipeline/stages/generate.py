@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from data_schemas import CURRENT_VERSION, Col
+from pipeline.batching import fitting_batch_size, halve_batch_size
 from pipeline.config import RunConfig
 from pipeline.images import ImageWriter, contact_sheet, encode_png, labelled_grid, read_png, write_atomic
 from pipeline.storage.layout import CONTACT_SHEET, edit_image, record_generator, shard_path, shard_seeds, source_image
@@ -42,7 +43,6 @@ from pipeline.scoring import (
     source_score_columns,
 )
 from pipeline.threads import configure_threads
-from pipeline.batching import fitting_batch_size, halve_batch_size
 
 
 @dataclass(frozen=True)
