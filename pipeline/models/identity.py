@@ -30,11 +30,11 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import helper, numpy_helper
 from torch import nn
 
 from pipeline.errors import CheckpointError, ImageError
 from pipeline.models.assets import asset_path
+from pipeline.models.onnx_graph import fold_constants, node_attributes
 from pipeline.models.emotion import crop_resize
 from pipeline.generators.base import to_uint8
 from pipeline.images import to_float_images
@@ -106,46 +106,10 @@ class SFaceNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Reading the quantised ONNX file.
 # ---------------------------------------------------------------------------------------------
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _dequantize(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> np.ndarray:
-    """DequantizeLinear (opset 21, per-block scales and zero points) in float64."""
-    data, scale, zero = (values[name] for name in node.input)
-    attrs = _attrs(node)
-    axis, block = attrs.get("axis", 1) % data.ndim, attrs.get("block_size", 0)
-    if block:
-        kept = np.arange(data.shape[axis])  # the last block may be partial
-        scale = np.repeat(scale, block, axis=axis).take(kept, axis=axis)
-        zero = np.repeat(zero, block, axis=axis).take(kept, axis=axis)
-    elif scale.ndim == 1 and scale.size > 1:
-        shape = [1] * data.ndim
-        shape[axis] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return (data.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64)
-
-
-def _fold_constants(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], list[onnx.NodeProto]]:
-    """Evaluate the weight-only nodes; return all constant values and the remaining compute nodes."""
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    compute = []
-    for node in graph.node:
-        if node.op_type == "Constant":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        elif node.op_type == "DequantizeLinear" and all(name in values for name in node.input):
-            values[node.output[0]] = _dequantize(node, values)
-        elif node.op_type == "Reshape" and all(name in values for name in node.input):
-            values[node.output[0]] = values[node.input[0]].reshape(values[node.input[1]])
-        else:
-            compute.append(node)
-    return values, compute
-
-
 def _batchnorm_affine(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Inference BatchNorm as y = x * scale + shift (float64), with the node's own epsilon."""
     gamma, beta, mean, var = (values[name].astype(np.float64) for name in node.input[1:])
-    scale = gamma / np.sqrt(var + _attrs(node).get("epsilon", 1e-5))
+    scale = gamma / np.sqrt(var + node_attributes(node).get("epsilon", 1e-5))
     return scale, beta - mean * scale
 
 
@@ -158,7 +122,7 @@ def _copy(target: torch.Tensor, value: np.ndarray, path: Path, name: str) -> Non
 def _load_conv(unit: _ConvPReLU, nodes: Sequence[onnx.NodeProto], values: dict, path: Path) -> None:
     """Conv, BatchNormalization and PRelu nodes into one `_ConvPReLU`, the norm folded into the conv."""
     conv, norm, prelu = nodes
-    attrs = _attrs(conv)
+    attrs = node_attributes(conv)
     found = (attrs.get("group", 1), tuple(attrs.get("strides", (1, 1))), tuple(attrs.get("pads", (0, 0, 0, 0))))
     pad = unit.conv.padding[0]
     expected = (unit.conv.groups, unit.conv.stride, (pad,) * 4)
@@ -176,7 +140,7 @@ def _load_conv(unit: _ConvPReLU, nodes: Sequence[onnx.NodeProto], values: dict, 
 def _load_head(head: nn.Linear, nodes: Sequence[onnx.NodeProto], values: dict, path: Path) -> None:
     """BatchNorm2d, dropout, flatten, fully connected, BatchNorm1d folded into one linear layer."""
     norm_in, _, _, gemm, norm_out = nodes
-    attrs = _attrs(gemm)
+    attrs = node_attributes(gemm)
     if (
         attrs.get("transA", 0)
         or not attrs.get("transB", 0)
@@ -210,7 +174,7 @@ def load_sface(path: Path) -> tuple[SFaceNet, float, float]:
     units, the embedding head); anything else is refused rather than half-loaded.
     """
     graph = _read_onnx(path).graph
-    values, compute = _fold_constants(graph)
+    values, compute = fold_constants(graph)
     found = tuple(node.op_type for node in compute)
     if found != _CHAIN:
         raise CheckpointError(f"{path}: operators {found[:8]}... do not form the SFace graph")

@@ -2,8 +2,8 @@
 
 OpenCV's `cv2.FaceDetectorYN` stays the runtime on the CPU, where its DNN module runs this tiny
 network about four times as fast as torch does. This module reads the same ONNX file: the
-block-quantised weights are dequantised once at load (int8 minus zero point, times the block's
-scale), and the graph's runtime nodes (convolutions, ReLU, max pooling, nearest upsampling,
+block-quantised weights are dequantised once at load (`pipeline.models.onnx_graph`, as for
+SFace), and the graph's runtime nodes (convolutions, ReLU, max pooling, nearest upsampling,
 additions, the heads' transposes and reshapes, sigmoids) run as torch operations over a whole
 batch. The heads are decoded as `FaceDetectorYN` decodes them. A test holds the raw heads and the
 decoded best face to OpenCV's on the same images.
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from pipeline.errors import AssetError
+from pipeline.models.onnx_graph import fold_constants, node_attributes
 
 STRIDES = (8, 16, 32)
 _RUNTIME_OPS = {"Conv", "Relu", "MaxPool", "Resize", "Add", "Transpose", "Reshape", "Sigmoid"}
@@ -32,23 +32,19 @@ class YuNetGraph(torch.nn.Module):
     def __init__(self, path: Path) -> None:
         super().__init__()
         model = onnx.load(str(path))
-        constants: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        constants, compute = fold_constants(model.graph)
         self._nodes: list[tuple[str, list[str], str, dict[str, Any]]] = []
-        for node in model.graph.node:
-            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            if all(name in constants for name in node.input if name):
-                constants[node.output[0]] = _fold(node.op_type, [constants.get(name) if name else None for name in node.input], attributes)
-            elif node.op_type in _RUNTIME_OPS:
-                self._nodes.append((node.op_type, list(node.input), node.output[0], attributes))
-            else:
+        for node in compute:
+            if node.op_type not in _RUNTIME_OPS:
                 raise AssetError(f"{path}: YuNet graph node {node.op_type} is not supported; use the verified `yunet` asset")
-        self._shapes = {name: [int(v) for v in value] for name, value in constants.items() if value.dtype == np.int64}
+            self._nodes.append((node.op_type, list(node.input), node.output[0], node_attributes(node)))
+        self._shapes = {name: value.tolist() for name, value in constants.items() if value.dtype == np.int64 and value.ndim == 1}
         self._slots: dict[str, str] = {}
         used = {name for _, inputs, _, _ in self._nodes for name in inputs}
         for index, (name, value) in enumerate(sorted(constants.items())):
-            if name in used and value.dtype == np.float32:
+            if name in used and value.dtype.kind == "f":
                 self._slots[name] = f"constant_{index}"
-                self.register_buffer(self._slots[name], torch.from_numpy(np.array(value)), persistent=False)
+                self.register_buffer(self._slots[name], torch.from_numpy(value.astype(np.float32)), persistent=False)
         self.outputs = [output.name for output in model.graph.output]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,25 +75,6 @@ class YuNetGraph(torch.nn.Module):
             else:  # Reshape of a head to (1, anchors, C): the batch takes the leading 1
                 values[output] = first.reshape(len(first), *self._shapes[inputs[1]][1:])
         return {name: values[name] for name in self.outputs}
-
-
-def _fold(op: str, inputs: list[np.ndarray | None], attributes: dict[str, Any]) -> np.ndarray:
-    """A node whose inputs are all constants (the weights' dequantisation and reshapes)."""
-    if op == "Reshape":
-        return inputs[0].reshape(inputs[1])
-    if op != "DequantizeLinear":
-        raise ValueError(f"constant node {op}")
-    values, scale = inputs[0].astype(np.float32), inputs[1].astype(np.float32)
-    zero = inputs[2].astype(np.float32) if len(inputs) > 2 and inputs[2] is not None else np.zeros_like(scale)
-    axis, block = attributes.get("axis", 1), attributes.get("block_size", 0)
-    if block:
-        scale = np.repeat(scale, block, axis=axis).take(range(values.shape[axis]), axis=axis)
-        zero = np.repeat(zero, block, axis=axis).take(range(values.shape[axis]), axis=axis)
-    elif scale.ndim == 1 and scale.size > 1:
-        shape = [1] * values.ndim
-        shape[axis] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return (values - zero) * scale
 
 
 def best_candidates(heads: dict[str, torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
