@@ -8,7 +8,7 @@ import io
 import math
 import os
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,8 +92,11 @@ class ImageWriter:
         return futures
 
     def flush(self) -> None:
-        """Wait for every queued image (the first failure is raised) and make them all durable."""
+        """Wait for every queued image, then raise the first failure in the order they were
+        queued, or make them all durable. Waiting for all first leaves no write running or
+        cancelled half-way when the error reaches the caller."""
         pending, self._pending = self._pending, []
+        wait(pending)
         for future in pending:
             future.result()
         written, self._written = self._written, []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,24 @@ def test_a_failed_write_is_raised_by_flush_with_the_path(tmp_path: Path) -> None
 def test_the_real_filesystem_sync_runs(tmp_path: Path) -> None:
     """On Linux the one-call sync exists and succeeds; elsewhere the writer falls back."""
     assert images._sync_filesystem(tmp_path) is sys.platform.startswith("linux")
+
+
+def test_flush_lets_every_queued_write_finish_before_raising_the_first_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the first write fails while a slower one is still running, flush waits for the
+    slower one rather than leaving it running (or queued, to be cancelled), then raises the first
+    failure."""
+    real = images.write_atomic
+
+    def first_fails(data: bytes, path: Path, **options: bool) -> str:
+        if path.name == "a.png":
+            raise OSError(28, "No space left on device", str(path))
+        time.sleep(0.3)
+        return real(data, path, **options)
+
+    monkeypatch.setattr(images, "write_atomic", first_fails)
+    with ImageWriter(tmp_path, workers=2) as writer:
+        futures = writer.submit([Path("a.png"), Path("b.png")], _faces(2))
+        with pytest.raises(OSError, match="a.png"):
+            writer.flush()
+        assert futures[1].done() and not futures[1].cancelled()
+    assert (tmp_path / "b.png").is_file()
