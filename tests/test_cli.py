@@ -87,7 +87,7 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     [
         (b"edits: {strengths: [3.0, .nan]}\n", "edits.strengths.1: input should be a finite number (got nan)"),
         (b"edits: {hfld_lambdas: [.inf]}\n", "edits.hfld_lambdas.0: input should be a finite number (got inf)"),
-        (b"", "the config is empty; the smallest valid config is `profile: demo, sources: {count: 8}`"),
+        (b"", "the config is empty; the smallest valid config is `{profile: demo, sources: {count: 8}}`"),
         (b"sources: {count: 8}\nsources: {count: 9}\n", "key 'sources' appears twice (line 2); keep one"),
         (BOMB.encode(), "YAML aliases (*name) are not allowed in a config (line 2)"),
         ("sources: {count: 8}  # caf\u00e9\n".encode("latin-1"), "not UTF-8 text (byte 26); save the config as UTF-8"),

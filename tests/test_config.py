@@ -90,7 +90,7 @@ def test_classifier_precision_is_part_of_the_run_only_when_reduced() -> None:
         ("edits: {strengths: [3.0, .nan]}\n", "edits.strengths.1: input should be a finite number (got nan)"),
         ("edits: {hfld_lambdas: [.inf]}\n", "edits.hfld_lambdas.0: input should be a finite number (got inf)"),
         ("generator: {truncation_psi: .nan}\n", "generator.truncation_psi: input should be a finite number (got nan)"),
-        ("", "the config is empty; the smallest valid config is `profile: demo, sources: {count: 8}`"),
+        ("", "the config is empty; the smallest valid config is `{profile: demo, sources: {count: 8}}`"),
         ("# only a comment\n", "the config is empty; the smallest valid config is"),
         ("sources: {count: 8}\nsources: {count: 9}\n", "key 'sources' appears twice (line 2); keep one"),
         ("edits: {attributes: [age], methods: []}\n", "edits.methods: is empty, but edits.attributes are set"),

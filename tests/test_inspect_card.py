@@ -103,7 +103,7 @@ def test_cli_inspect_text_says_not_scored(unscored: Path) -> None:
 def test_cli_inspect_of_a_directory_without_a_manifest_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 2
-    assert "no manifest shards found" in result.output and "Traceback" not in result.output
+    assert "not a run directory (no config.json and no manifest shards)" in result.output and "Traceback" not in result.output
 
 
 def test_a_foreign_parquet_file_is_refused_by_name(tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ def verify_run(run_dir: Path, *, images: bool = True) -> Verification:
     """Every shard of the run's plan checked; `images=False` leaves out the image digests. A
     manifest without its run record (copied on its own) has its shard files checked, not its plan."""
     run_dir = Path(run_dir)
+    require_run_dir(run_dir)
     config = run_config(run_dir) if (run_dir / CONFIG_FILE).exists() else None
     indices = range(shard_count(config)) if config else [int(p.stem.split("-")[1]) for p in shard_files(run_dir)]
     report = Verification()
@@ -81,6 +82,17 @@ def verify_run(run_dir: Path, *, images: bool = True) -> Verification:
         if not recorded and shard_path(run_dir, index).exists():
             report.unrecorded.append(index)
     return report
+
+
+def require_run_dir(run_dir: Path) -> None:
+    """Refuse a path that is not a run, so that a check never passes on nothing (a typo, say)."""
+    if not run_dir.is_dir():
+        raise ManifestError(f"{run_dir}: no such directory; give the folder `exprlock generate --out` wrote")
+    if not (run_dir / CONFIG_FILE).is_file() and not shard_files(run_dir):
+        raise ManifestError(
+            f"{run_dir}: not a run directory (no {CONFIG_FILE} and no manifest shards); "
+            "give the folder `exprlock generate --out` wrote"
+        )
 
 
 def check_shard(

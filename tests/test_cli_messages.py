@@ -1,0 +1,91 @@
+"""What the command line says: help that matches the commands, versions, one-line refusals."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline.config import SMALLEST_CONFIG, load_config, parse_config
+from pipeline.errors import ConfigError
+
+runner = CliRunner()
+COMMANDS = ("generate", "discover", "train-editor", "evaluate", "label-report", "convert", "inspect", "verify", "setup")
+
+
+def test_version_prints_the_package_version() -> None:
+    import pipeline
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"exprlock {pipeline.__version__}"
+
+
+@pytest.mark.parametrize("command", [[], ["assets"], *([name] for name in COMMANDS)], ids=lambda c: " ".join(c) or "top")
+def test_help_shows_no_placeholder_on_flags(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+
+
+def test_assets_help_names_only_commands_that_exist() -> None:
+    text = runner.invoke(app, ["assets", "--help"]).output
+    listed = set(re.findall(r"^  (\w+)  ", text.split("Commands:")[1], flags=re.MULTILINE))
+    assert listed == {"fetch", "list"}
+    summary = text.split("Options:")[0].lower()
+    assert "verify" not in summary or "verify" in listed
+
+
+def test_a_boolean_flag_takes_no_value() -> None:
+    result = runner.invoke(app, ["inspect", "--json", "true", "somewhere"])
+    assert result.exit_code == 2 and "Got unexpected extra argument" in result.output
+
+
+def test_output_off_a_terminal_keeps_long_paths_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / ("a-rather-long-folder-name-" * 4) / "home"
+    monkeypatch.setenv("EXPRLOCK_HOME", str(home))
+    result = runner.invoke(app, ["verify", str(home / "runs" / "not-here")])
+    assert result.exit_code == 2
+    assert str(home / "runs" / "not-here") in result.output.replace("\n", "") and len(result.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["typo", "empty folder", "a file"])
+def test_verify_refuses_what_is_not_a_run(tmp_path: Path, kind: str) -> None:
+    path = {"typo": tmp_path / "runs" / "dmeo", "empty folder": tmp_path, "a file": tmp_path / "notes.txt"}[kind]
+    if kind == "a file":
+        path.write_text("x")
+    result = runner.invoke(app, ["verify", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and "checked" not in result.output
+
+
+def test_the_empty_config_hint_is_itself_a_valid_config(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    hint = re.search(r"`(.+)`", str(refused.value)).group(1)
+    assert hint == SMALLEST_CONFIG
+    config = parse_config(yaml.safe_load(hint))
+    assert config.profile == "demo" and config.sources.count == 8
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"sorces": {"count": 8}}, "sorces: unknown key; did you mean 'sources'?"),
+        ({"sources": {"cont": 8}}, "sources.cont: unknown key; did you mean 'count'?"),
+        ({"edits": {"preserve": [{"landmark": 10}]}}, "edits.preserve.0.landmark: unknown key; did you mean 'landmarks'?"),
+        ({"edits": {"lock": {"candidate": 3}}}, "edits.lock.candidate: unknown key; did you mean 'candidates'?"),
+        ({"colour": "red"}, "colour: unknown key"),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest_field(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data)
+    assert str(refused.value) == f"config: {expected}"
