@@ -6,8 +6,11 @@ from data_schemas.manifest import (
     CURRENT_VERSION,
     SCHEMA_METADATA_KEY,
     EMOTION_LABELS,
+    LABEL_COLUMNS,
+    PROBABILITY_COLUMNS,
     Col,
     manifest_schema,
+    pandas_metadata,
     schema_for_version,
 )
 
@@ -18,6 +21,9 @@ __all__ = [
     "SCHEMA_METADATA_KEY",
     "Col",
     "EMOTION_LABELS",
+    "LABEL_COLUMNS",
+    "PROBABILITY_COLUMNS",
     "manifest_schema",
+    "pandas_metadata",
     "schema_for_version",
 ]

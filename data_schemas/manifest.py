@@ -262,7 +262,39 @@ def schema_for_version(version: str) -> pa.Schema:
     return pa.schema(_SCHEMAS[version])
 
 
+PROBABILITY_COLUMNS = (
+    Col.EMOTION_PROBS_SOURCE, Col.EMOTION_PROBS_EDIT, Col.EMOTION_PROBS_FER_SOURCE, Col.EMOTION_PROBS_FER_EDIT,
+    Col.EMOTION_PROBS_FACEAPI_SOURCE, Col.EMOTION_PROBS_FACEAPI_EDIT,
+)  # fmt: skip
+LABEL_COLUMNS = (Col.EMOTION_SOURCE, Col.EMOTION_EDIT, Col.EXPRESSION_TARGET)
+
+
 def manifest_schema(*, run_id: str, creator_version: str) -> pa.Schema:
-    """The current schema with its metadata: version and the creator record."""
-    record = {"schema_version": CURRENT_VERSION, "creator": f"exprlock {creator_version}", "run_id": run_id}
-    return schema_for_version(CURRENT_VERSION).with_metadata({SCHEMA_METADATA_KEY: json.dumps(record).encode()})
+    """The current schema with its metadata: version, creator, and what the numbers mean.
+
+    The record names the class order of every probability column and the vocabulary of every
+    label column, so a shard read on its own says what its seven numbers are; the `pandas`
+    entry (`pandas_metadata`) keeps nullable integers and booleans so in pandas.
+    """
+    record = {
+        "schema_version": CURRENT_VERSION,
+        "creator": f"exprlock {creator_version}",
+        "run_id": run_id,
+        "class_order": dict.fromkeys(PROBABILITY_COLUMNS, list(EMOTION_LABELS)),
+        "label_vocabulary": dict.fromkeys(LABEL_COLUMNS, list(EMOTION_LABELS)),
+    }
+    schema = schema_for_version(CURRENT_VERSION)
+    return schema.with_metadata({SCHEMA_METADATA_KEY: json.dumps(record).encode(), **pandas_metadata(schema)})
+
+
+def pandas_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
+    """pandas' own schema entry for the nullable integer and boolean columns, naming its nullable
+    dtypes (`Int32`, `boolean`), so `pandas.read_parquet` keeps them integer and boolean where a
+    null would otherwise turn them into floats and objects. Readers other than pandas ignore it."""
+    names = {pa.int8(): "Int8", pa.int16(): "Int16", pa.int32(): "Int32", pa.int64(): "Int64", pa.bool_(): "boolean"}
+    columns = [
+        {"name": f.name, "field_name": f.name, "pandas_type": "boolean" if f.type == pa.bool_() else str(f.type),
+         "numpy_type": names[f.type], "metadata": None}
+        for f in schema if f.nullable and f.type in names
+    ]  # fmt: skip
+    return {b"pandas": json.dumps({"index_columns": [], "column_indexes": [], "columns": columns}).encode()}

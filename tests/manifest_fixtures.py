@@ -44,6 +44,7 @@ def make_scored_run(run_dir: Path, *, seeds: int = 40, size: int = 8) -> pd.Data
         {"role": role, "name": a.name, "sha256": a.sha256, "licence": a.licence}
         for role, a in zip(("emotion", "identity"), scorers, strict=True)
     ]
+    lock = np.random.default_rng(11)  # the edit's label and lock, drawn apart so the columns above keep their values
     rows = []
     for seed in range(seeds):
         source = _png(rng, size, run_dir / "images" / f"seed-{seed:09d}.png")
@@ -79,6 +80,9 @@ def make_scored_run(run_dir: Path, *, seeds: int = 40, size: int = 8) -> pd.Data
                     Col.FACE_DETECTED_SOURCE: True,
                     Col.FACE_DETECTED_EDIT: face_edit,
                     Col.MODELS: models,
+                    Col.EMOTION_CONFIDENCE_EDIT: float(np.float32(lock.uniform(0.2, 1.0))),
+                    Col.EMOTION_AGREEMENT_EDIT: bool(lock.random() < 0.6),
+                    Col.EXPRESSION_LOCKED: bool(lock.random() < 0.55),
                 }
             )
     frame = pd.DataFrame(rows)

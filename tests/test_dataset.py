@@ -76,7 +76,7 @@ def test_bad_fractions_are_refused() -> None:
 
 def test_splits_never_share_a_source_seed(scored: tuple[Path, pd.DataFrame]) -> None:
     run_dir, frame = scored
-    parts = {name: ManifestDataset(run_dir, split=name, labels=[Col.ATTRIBUTE]) for name in SPLITS}
+    parts = {name: ManifestDataset(run_dir, view="pairs", split=name, labels=[Col.ATTRIBUTE]) for name in SPLITS}
     for a in SPLITS:
         for b in SPLITS:
             if a < b:
@@ -104,7 +104,7 @@ def test_splits_never_share_a_source_seed(scored: tuple[Path, pd.DataFrame]) -> 
 )
 def test_filters_select_the_rows_pandas_selects(scored: tuple[Path, pd.DataFrame], options: dict, expected) -> None:
     run_dir, frame = scored
-    dataset = ManifestDataset(run_dir, **options)
+    dataset = ManifestDataset(run_dir, view="pairs", **options)
     chosen = frame[expected(frame)]
     assert len(dataset) == len(chosen) > 0
     assert sorted(dataset.table.column(Col.IMAGE_SOURCE).to_pylist()) == sorted(chosen[Col.IMAGE_SOURCE])
@@ -112,7 +112,7 @@ def test_filters_select_the_rows_pandas_selects(scored: tuple[Path, pd.DataFrame
 
 def test_items_are_image_tensors_with_labels(scored: tuple[Path, pd.DataFrame]) -> None:
     run_dir, frame = scored
-    dataset = ManifestDataset(run_dir, image="edit", attributes=["age"])
+    dataset = ManifestDataset(run_dir, view="pairs", image="edit", attributes=["age"])
     image, labels = dataset[3]
     row = frame[frame[Col.IMAGE_EDIT] == dataset.table.column(Col.IMAGE_EDIT)[3].as_py()].iloc[0]
     expected = torch.from_numpy(read_png(run_dir / row[Col.IMAGE_EDIT]).copy()).permute(2, 0, 1).float() / 255
@@ -125,14 +125,14 @@ def test_items_are_image_tensors_with_labels(scored: tuple[Path, pd.DataFrame]) 
 
 
 def test_an_unscored_run_loads_source_images_and_refuses_score_filters(unscored: Path) -> None:
-    dataset = ManifestDataset(unscored)
+    dataset = ManifestDataset(unscored, view="pairs")
     assert len(dataset) == 8 and dataset.label_columns == [Col.SEED]  # all-null columns are not labels
     image, labels = dataset[0]
     assert image.shape == (3, 64, 64) and image.min() >= 0.0 and image.max() <= 1.0
     with pytest.raises(ManifestError, match="filter emotion_kept: column 'emotion_flipped' is not scored"):
-        ManifestDataset(unscored, emotion_kept=True)
+        ManifestDataset(unscored, view="pairs", emotion_kept=True)
     with pytest.raises(ManifestError, match="labels: columns \\['nope'\\]"):
-        ManifestDataset(unscored, labels=["nope"])
+        ManifestDataset(unscored, view="pairs", labels=["nope"])
 
 
 def test_label_filters_keep_what_the_ensemble_vouches_for(scored: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,7 +141,7 @@ def test_label_filters_keep_what_the_ensemble_vouches_for(scored: tuple[Path, pd
     run_dir, frame = scored
     wanted = frame[(frame[Col.EMOTION_CONFIDENCE_SOURCE] >= 0.5) & frame[Col.EMOTION_AGREEMENT_SOURCE]]
     assert 0 < len(wanted) < len(frame) / 2
-    dataset = ManifestDataset(run_dir, min_confidence=0.5, emotion_agreement=True, labels=[Col.EMOTION_SOURCE])
+    dataset = ManifestDataset(run_dir, view="pairs", min_confidence=0.5, emotion_agreement=True, labels=[Col.EMOTION_SOURCE])
     assert len(dataset) == len(wanted) and dataset.seeds == set(wanted[Col.SEED])
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     hugging = load_dataset(
@@ -154,13 +154,13 @@ def test_label_filters_keep_what_the_ensemble_vouches_for(scored: tuple[Path, pd
     assert sorted(hugging[Col.SEED]) == sorted(wanted[Col.SEED])
     assert hf_label_filters() is None
     with pytest.raises(ConfigError, match=r"min_confidence: expected a probability in \[0, 1\], got 1.5"):
-        ManifestDataset(run_dir, min_confidence=1.5)
+        ManifestDataset(run_dir, view="pairs", min_confidence=1.5)
     with pytest.raises(ConfigError, match=r"min_confidence: expected a probability"):
         hf_label_filters(min_confidence=-0.1)
 
 
 def test_label_filters_on_an_unscored_run_are_refused(unscored: Path) -> None:
     with pytest.raises(ManifestError, match=r"filter min_confidence: column 'emotion_confidence_source' is not scored"):
-        ManifestDataset(unscored, min_confidence=0.6)
+        ManifestDataset(unscored, view="pairs", min_confidence=0.6)
     with pytest.raises(ManifestError, match=r"filter emotion_agreement: column 'emotion_agreement_source' is not scored"):
-        ManifestDataset(unscored, emotion_agreement=True)
+        ManifestDataset(unscored, view="pairs", emotion_agreement=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.dataset as ds
 import pytest
 
@@ -41,7 +43,11 @@ def carded(scored: tuple[Path, pd.DataFrame], tmp_path: Path) -> tuple[Path, pd.
     return run_dir, scored[1]
 
 
-def test_load_dataset_of_a_run_folder_gives_rows_images_labels_and_seed_splits(
+def _keys(rows: list[dict]) -> list[tuple]:
+    return sorted((r["group"], r["role"], r["attribute"] or "", r["label"]) for r in rows)
+
+
+def test_load_dataset_of_a_run_folder_gives_each_image_once_with_its_label_and_split(
     carded: tuple[Path, pd.DataFrame], offline: Path
 ) -> None:
     from datasets import ClassLabel, Image, load_dataset
@@ -49,24 +55,29 @@ def test_load_dataset_of_a_run_folder_gives_rows_images_labels_and_seed_splits(
     run_dir, frame = carded
     data = load_dataset(str(run_dir), cache_dir=str(offline))
     assert set(data) == set(SPLITS)
-    assert sum(part.num_rows for part in data.values()) == len(frame)
+    sources, edits = frame[Col.SEED].nunique(), len(frame)
+    assert sum(part.num_rows for part in data.values()) == sources + edits  # each source once, not once per edit
     expected = dict(zip(frame[Col.SEED], assign_splits(frame[Col.SEED].to_numpy()), strict=False))
     for split, part in data.items():
-        assert {expected[seed] for seed in part[Col.SEED]} == {split}
-        assert set(part[Col.SEED]) == ManifestDataset(run_dir, split=split).seeds
-        assert set(part[Col.SPLIT]) == {split}
-        assert isinstance(part.features[Col.IMAGE_SOURCE], Image) and isinstance(part.features[Col.IMAGE_EDIT], Image)
-        for name in (Col.EMOTION_SOURCE, Col.EMOTION_EDIT):
-            assert part.features[name] == ClassLabel(names=list(EMOTION_LABELS))
+        assert {expected[group] for group in part["group"]} == {split} and set(part[Col.SPLIT]) == {split}
+        assert isinstance(part.features["image"], Image)
+        assert part.features["label"] == ClassLabel(names=list(EMOTION_LABELS))
         assert Col.LATENT not in part.column_names
-    rows = frame.set_index([Col.SEED, Col.ATTRIBUTE])
-    for record in (data["train"][0], data["validation"][-1], data["test"][1]):
-        row = rows.loc[(record[Col.SEED], record[Col.ATTRIBUTE])]
-        for column in (Col.IMAGE_SOURCE, Col.IMAGE_EDIT):
-            np.testing.assert_array_equal(np.asarray(record[column]), read_png(run_dir / row[column]))
-        assert record[Col.EMOTION_SOURCE] == EMOTION_LABELS.index(row[Col.EMOTION_SOURCE])
-        assert data["train"].features[Col.EMOTION_EDIT].int2str(record[Col.EMOTION_EDIT]) == row[Col.EMOTION_EDIT]
-        assert record[Col.IDENTITY_COSINE] == pytest.approx(row[Col.IDENTITY_COSINE])
+        loader = ManifestDataset(run_dir, split=split)
+        assert _keys(part.to_list()) == _keys(loader.table.to_pylist())  # the same rows as the torch loader
+    by_image = {row[Col.IMAGE_EDIT]: row for _, row in frame.iterrows()}
+    sources_by_seed = frame.drop_duplicates(Col.SEED).set_index(Col.SEED)
+    for record in (data["train"][0], data["train"][1], data["validation"][-1], data["test"][2]):
+        if record["role"] == "source":
+            row = sources_by_seed.loc[record["group"]]
+            path, label = row[Col.IMAGE_SOURCE], row[Col.EMOTION_SOURCE]
+        else:
+            row = next(r for r in by_image.values() if r[Col.SEED] == record["group"] and r[Col.ATTRIBUTE] == record["attribute"])
+            path, label = row[Col.IMAGE_EDIT], row[Col.EMOTION_EDIT]
+            assert record[Col.IDENTITY_COSINE] == pytest.approx(row[Col.IDENTITY_COSINE])
+        np.testing.assert_array_equal(np.asarray(record["image"]), read_png(run_dir / path))
+        assert data["train"].features["label"].int2str(record["label"]) == label == record["label_name"]
+        assert record["label_source"] == "ensemble"
 
 
 def test_the_manifest_carries_the_same_split_for_other_engines(carded: tuple[Path, pd.DataFrame]) -> None:
@@ -76,7 +87,9 @@ def test_the_manifest_carries_the_same_split_for_other_engines(carded: tuple[Pat
     table = ds.dataset(run_dir / "manifest", format="parquet").to_table(columns=[Col.SEED, Col.SPLIT])
     np.testing.assert_array_equal(table.column(Col.SPLIT).to_numpy(zero_copy_only=False), assign_splits(table.column(Col.SEED).to_numpy()))
     counts = dict(duckdb.sql(f"SELECT split, count(*) FROM read_parquet('{run_dir}/manifest/*.parquet') GROUP BY 1").fetchall())
-    assert counts == {split: len(ManifestDataset(run_dir, split=split)) for split in SPLITS}
+    assert counts == {split: len(ManifestDataset(run_dir, view="pairs", split=split)) for split in SPLITS}
+    images = dict(duckdb.sql(f"SELECT split, count(*) FROM read_parquet('{run_dir}/images-*.parquet') GROUP BY 1").fetchall())
+    assert images == {split: len(ManifestDataset(run_dir, split=split)) for split in SPLITS}
 
 
 def test_a_source_only_run_loads_without_edits_and_drops_empty_splits(unscored: Path, tmp_path: Path, offline: Path) -> None:
@@ -91,8 +104,8 @@ def test_a_source_only_run_loads_without_edits_and_drops_empty_splits(unscored: 
     data = load_dataset(str(run_dir), cache_dir=str(offline))
     assert set(data) == present and sum(part.num_rows for part in data.values()) == 8
     record = next(iter(data.values()))[0]
-    assert np.asarray(record[Col.IMAGE_SOURCE]).shape == (64, 64, 3)
-    assert record[Col.IMAGE_EDIT] is None and record[Col.EMOTION_SOURCE] is None
+    assert np.asarray(record["image"]).shape == (64, 64, 3)
+    assert record["role"] == "source" and record["label"] is None and record[Col.ATTRIBUTE] is None
 
 
 def test_the_card_is_a_valid_hugging_face_dataset_card(carded: tuple[Path, pd.DataFrame]) -> None:
@@ -104,7 +117,9 @@ def test_the_card_is_a_valid_hugging_face_dataset_card(carded: tuple[Path, pd.Da
     card = DatasetCard.load(run_dir / CARD_FILE, ignore_metadata_errors=False)
     data = card.data.to_dict()
     digiface = REGISTRY["dcgan-digiface"]
-    assert (data["license"], data["license_name"], data["license_link"]) == ("other", "dcgan-digiface-terms", digiface.page)
+    assert (data["license"], data["license_link"]) == ("other", "LICENSE.md") and (run_dir / "LICENSE.md").is_file()
+    assert data["restricted_assets"] == [f"dcgan:{digiface.name}"]  # every restricting model, by name
+    assert digiface.licence in (run_dir / "LICENSE.md").read_text()
     assert data["task_categories"] == ["image-classification"]
     sizes = json.loads((Path(__import__("datasets").__file__).parent / "utils/resources/size_categories.json").read_text())
     assert data["size_categories"] == ["n<1K"] and data["size_categories"][0] in sizes
@@ -128,6 +143,9 @@ def test_the_declared_licence_is_the_most_restrictive_one(carded: tuple[Path, pd
     user_supplied = {"role": "generator", "name": "stylegan2:ffhq.pkl", "sha256": "0" * 64, "licence": None, "asset": None}
     assert licence_fields([*permissive, user_supplied]) == {"license": "unknown"}
     assert licence_fields([*models, user_supplied])["license"] == "other"
+    adience = {"role": "age", "name": "adience-age-net", "sha256": "1" * 64, "licence": None, "asset": REGISTRY["adience-age-net"]}
+    fields = licence_fields([*models, adience], also_restricted=["tddfa-mobilenet"])
+    assert fields["restricted_assets"] == sorted(["adience-age-net", "dcgan:dcgan-digiface", "tddfa-mobilenet"])
     assert {a.licence_id for a in REGISTRY.values()} <= {"cc0-1.0", "mit", "apache-2.0", "other"}
     assert all("non-commercial" not in a.licence.lower() or a.licence_id == "other" for a in REGISTRY.values())
 
@@ -150,21 +168,28 @@ def test_rewriting_the_card_replaces_stale_views(carded: tuple[Path, pd.DataFram
     assert {name: (run_dir / name).read_bytes() for name in VIEW_FILES.values()} == before  # derived from the manifest alone
 
 
-def test_views_are_streamed_in_batches_with_the_same_rows(carded: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
-    """A large run never holds its whole manifest in memory: batches of 7 rows give the same views."""
+def test_views_are_written_one_shard_at_a_time_with_the_rows_of_the_image_view(
+    carded: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    """A large run never holds its whole manifest in memory: each shard adds its own row group."""
     import pyarrow.parquet as pq
 
+    from pipeline.storage.image_view import read_image_table
+
     run_dir, frame = carded
-    whole = {split: pq.read_table(run_dir / name) for split, name in VIEW_FILES.items()}
     streamed_dir = tmp_path / "streamed"
     streamed_dir.mkdir()
-    rows = write_views(streamed_dir, RunManifest.read(run_dir).dataset, batch_rows=7)
-    assert sum(rows.values()) == len(frame)
+    manifest = RunManifest.read(run_dir).dataset
+    rows = write_views(streamed_dir, manifest)
+    whole = read_image_table(run_dir)
+    assert sum(rows.values()) == whole.num_rows == frame[Col.SEED].nunique() + len(frame)
     for split, name in VIEW_FILES.items():
-        streamed = pq.read_table(streamed_dir / name)
-        assert streamed.num_rows == rows[split] == whole[split].num_rows
-        assert streamed.equals(whole[split]) and streamed.schema.metadata == whole[split].schema.metadata
-        assert pq.ParquetFile(streamed_dir / name).metadata.num_row_groups > 1 or rows[split] <= 7
+        view = pq.read_table(streamed_dir / name)
+        expected = whole.filter(pa.compute.equal(whole.column(Col.SPLIT), split))
+        assert view.num_rows == rows[split] == expected.num_rows
+        assert view.column("file_name").to_pylist() == expected.column("image").to_pylist()
+        assert pq.ParquetFile(streamed_dir / name).metadata.num_row_groups == len(manifest.files)
+        assert json.loads(view.schema.metadata[b"exprlock"])["class_order"]["emotion_probs"] == list(EMOTION_LABELS)
     assert not list(streamed_dir.glob(".*.tmp"))
 
 

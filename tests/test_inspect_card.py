@@ -19,6 +19,7 @@ from flows.cli import app
 from pipeline.storage.card import model_provenance, write_card
 from pipeline.storage.layout import CARD_FILE
 from pipeline.errors import ManifestError
+from pipeline.storage.splits import SPLITS, assign_splits
 from pipeline.storage.summary import NOT_SCORED, RunManifest, summarize, write_plots
 from pipeline.models.assets import REGISTRY
 
@@ -34,7 +35,15 @@ def test_summary_of_a_scored_run_matches_its_rows(scored: tuple[Path, pd.DataFra
     assert summary["flip_rate"] == pytest.approx(frame[Col.EMOTION_FLIPPED].mean(), abs=1e-6)
     by_attribute = frame.groupby(Col.ATTRIBUTE)[Col.EMOTION_FLIPPED].mean().to_dict()
     assert summary["flip_rate_by_attribute"] == pytest.approx(by_attribute)
-    assert summary[Col.EMOTION_SOURCE] == frame[Col.EMOTION_SOURCE].value_counts().to_dict()
+    sources = frame.drop_duplicates(Col.SEED)
+    assert summary[Col.EMOTION_SOURCE] == sources[Col.EMOTION_SOURCE].value_counts().to_dict()  # faces, not rows
+    images = summary["images"]
+    assert (images["sources"], images["edits"], images["images"]) == (40, 120, 160)
+    splits = assign_splits(sources[Col.SEED].to_numpy())
+    assert {s: c["faces"] for s, c in images["by_split"].items()} == {s: int((splits == s).sum()) for s in SPLITS}
+    assert {s: c["images"] for s, c in images["by_split"].items()} == {s: 4 * int((splits == s).sum()) for s in SPLITS}
+    labels = pd.concat([sources[Col.EMOTION_SOURCE], frame[Col.EMOTION_EDIT]]).value_counts()
+    assert images["labels"] == labels.to_dict()
     assert summary[Col.ATTRIBUTE] == {"age": 40, "gender": 40, "hair_lightness": 40}
     identity = frame[Col.IDENTITY_COSINE].to_numpy(np.float64)
     stats = summary["metrics"][Col.IDENTITY_COSINE]
@@ -96,7 +105,7 @@ def test_cli_inspect_json_has_rows_columns_version_and_plots(scored: tuple[Path,
 def test_cli_inspect_text_says_not_scored(unscored: Path) -> None:
     result = runner.invoke(app, ["inspect", str(unscored), "--no-plots"])
     assert result.exit_code == 0, result.output
-    assert "8 in 2 shards" in result.output
+    assert "8 (8 source faces, 0 edits)" in result.output and "8 (source, edit) pairs in 2 shards" in result.output
     assert f"flip rate       {NOT_SCORED}" in result.output
 
 
@@ -128,7 +137,7 @@ def test_card_names_models_licences_counts_and_metrics(scored: tuple[Path, pd.Da
     for line in text.splitlines():
         if line.startswith("![") and "](" in line:
             assert (run_dir / line.split("](")[1].rstrip(")")).is_file(), line
-    assert f"| {len(frame)} | 2 | 0..39 (40 unique) | {CURRENT_VERSION} |" in text
+    assert f"| 160 | 40 | 120 | {len(frame)} | 2 | 0..39 | {CURRENT_VERSION} |" in text  # images, faces, edits, pair rows
     assert "sources:\n  count: 40" in text  # the config that made it
     assert "## Generator\n\nNot recorded" in text  # written by the manifest writer alone, not by a shard
 

@@ -164,7 +164,7 @@ def test_a_run_resumed_by_a_newer_version_reads_as_the_newest(tmp_path: Path) ->
     table = dataset.to_table(columns=[Col.SEED, Col.SPLIT])
     assert table.column(Col.SPLIT).to_pylist()[:4] == [None] * 4
     assert table.column(Col.SPLIT).to_pylist()[4:] == assign_splits(list(range(4, 8))).tolist()
-    every = sorted(seed for split in ("train", "validation", "test") for seed in ManifestDataset(tmp_path, split=split, image="source").seeds)
+    every = sorted(seed for split in ("train", "validation", "test") for seed in ManifestDataset(tmp_path, split=split).seeds)
     assert every == list(range(8))
 
 

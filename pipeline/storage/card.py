@@ -26,7 +26,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 import pipeline
 from data_schemas import Col
-from pipeline.storage.huggingface import VIEW_FILES, configs, licence_fields, size_category, write_views
+from pipeline.storage.huggingface import LICENCE_FILE, VIEW_FILES, configs, licence_fields, size_category, write_views
 from pipeline.images import write_atomic
 from pipeline.storage.splits import Split
 from pipeline.storage.summary import CATEGORIES, NOT_SCORED, RunManifest, summarize, write_plots
@@ -58,7 +58,7 @@ def write_card(run_dir: Path) -> Path:
         _config_section(record),
         _generator_section(run_dir),
         _models_section(models, record),
-        _counts_section(summary, split_rows),
+        _counts_section(summary),
         _expressions_section(summary, record),
         _lock_section(summary, record),
         _metrics_section(summary),
@@ -66,24 +66,29 @@ def write_card(run_dir: Path) -> Path:
         _limitations_section(summary, models, record),
         _loading_section(),
     ]
-    card = DatasetCard(f"---\n{card_data(summary, models, split_rows).to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+    restricted = _restricting_losses(record)
+    data = card_data(summary, models, split_rows, also_restricted=[asset.name for asset in restricted])
+    write_atomic(_licence_text(summary, models, restricted).encode(), run_dir / LICENCE_FILE)
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
     path = run_dir / CARD_FILE
     write_atomic(str(card).encode(), path)
     (run_dir / _OLD_CARD_FILE).unlink(missing_ok=True)
     return path
 
 
-def card_data(summary: dict[str, Any], models: list[dict[str, Any]], split_rows: dict[Split, int]) -> DatasetCardData:
+def card_data(
+    summary: dict[str, Any], models: list[dict[str, Any]], split_rows: dict[Split, int], *, also_restricted: list[str] = ()
+) -> DatasetCardData:
     """The card's Hugging Face metadata."""
     tags = ["synthetic", "faces", "facial-expression-recognition", "exprlock"]
     if summary[Col.ATTRIBUTE] != NOT_SCORED:
         tags.append("face-editing")
     return DatasetCardData(
-        **licence_fields(models),
+        **licence_fields(models, also_restricted=also_restricted),
         pretty_name=f"exprlock {summary['run_id']}",
         task_categories=["image-classification"],
         annotations_creators=["machine-generated"],
-        size_categories=[size_category(summary["rows"])],
+        size_categories=[size_category(summary["images"]["images"])],
         tags=tags,
         configs=configs(split_rows),
     )
@@ -117,6 +122,37 @@ def model_provenance(manifest: RunManifest) -> list[dict[str, Any]]:
     return models
 
 
+def _restricting_losses(record: dict[str, Any]) -> list[Asset]:
+    """Models that shaped the edits through a training or refinement loss without scoring them:
+    3DDFA_V2, whose coefficients are the Basel Face Model's, when a preserving editor used them."""
+    edits = record.get("config", {}).get("edits", {})
+    preserving = {"editor_preserve", "refined_preserve"} & set(edits.get("methods", []))
+    if edits.get("attributes") and preserving and any(entry.get("expression", 0) > 0 for entry in edits.get("preserve", [])):
+        return [REGISTRY["tddfa-mobilenet"]]
+    return []
+
+
+def _licence_text(summary: dict[str, Any], models: list[dict[str, Any]], losses: list[Asset]) -> str:
+    """The run's LICENSE.md: the terms of every model behind its images and scores."""
+    rows = [(m["role"], m["name"], m["licence"] or "not recorded: check the terms of the file's source",
+             m["asset"].page if m["asset"] else "user-supplied file") for m in models]  # fmt: skip
+    rows += [("edit loss (3DMM expression)", asset.name, asset.licence, asset.page) for asset in losses]
+    return "\n".join(
+        [
+            f"# Terms of use: {summary['run_id']}",
+            "",
+            "The images and scores of this run were made with the models below; each model's terms bind what "
+            "may be done with the data. Where any of them restricts use (non-commercial or research only), "
+            "the data is restricted in the same way.",
+            "",
+            "| role | model | terms | published at |",
+            "|---|---|---|---|",
+            *(f"| {role} | `{name}` | {terms} | {page} |" for role, name, terms, page in rows),
+            "",
+        ]
+    )
+
+
 def _header(summary: dict[str, Any], record: dict[str, Any]) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
@@ -126,10 +162,11 @@ def _header(summary: dict[str, Any], record: dict[str, Any]) -> str:
             f"Synthetic face images with an expression-preserving edit pipeline, produced by exprlock "
             f"{record.get('exprlock', pipeline.__version__)}. Card written {now} by exprlock {pipeline.__version__}.",
             "",
-            "| rows | shards | source seeds | manifest schema |",
-            "|---|---|---|---|",
+            "| images | source faces | edits | manifest rows (pairs) | shards | seeds | manifest schema |",
+            "|---|---|---|---|---|---|---|",
+            f"| {summary['images']['images']} | {summary['images']['sources']} | {summary['images']['edits']} "
             f"| {summary['rows']} | {summary['shards']} | {summary['seeds']['min']}..{summary['seeds']['max']} "
-            f"({summary['seeds']['unique']} unique) | {summary['schema_version']} |",
+            f"| {summary['schema_version']} |",
         ]
     )
 
@@ -177,14 +214,24 @@ def _models_section(models: list[dict[str, Any]], record: dict[str, Any]) -> str
     return "\n".join(rows)
 
 
-def _counts_section(summary: dict[str, Any], split_rows: dict[Split, int]) -> str:
-    lines = ["## Counts", ""]
-    shown = ", ".join(f"{split}: {rows}" for split, rows in split_rows.items())
-    lines.append(f"- **split** (by source seed, the manifest's `split` column): {shown}")
+def _counts_section(summary: dict[str, Any]) -> str:
+    images = summary["images"]
+    lines = [
+        "## Counts",
+        "",
+        "Counted in faces: each source face once and each edit once, as the image views, the loaders "
+        "and `exprlock export` give them (the manifest has one row per source and edit pair).",
+        "",
+        f"- **images**: {images['images']} ({images['sources']} source faces, {images['edits']} edits)",
+    ]
+    shown = ", ".join(f"{split}: {c['faces']} source faces, {c['images']} images" for split, c in images["by_split"].items())
+    lines.append(f"- **split** (by source face, the `split` column): {shown}")
+    labels = images["labels"]
+    lines.append(f"- **label** (images per dominant emotion): {NOT_SCORED if labels == NOT_SCORED else ', '.join(f'{k}: {v}' for k, v in labels.items())}")
     for name in CATEGORIES:
         value = summary[name]
         shown = NOT_SCORED if value == NOT_SCORED else ", ".join(f"{k}: {v}" for k, v in value.items())
-        lines.append(f"- **{name}**: {shown}")
+        lines.append(f"- **{name}** ({'source faces' if name == Col.EMOTION_SOURCE else 'edits'}): {shown}")
     flip = summary["flip_rate"]
     lines.append(f"- **dominant-emotion flip rate**: {flip if flip == NOT_SCORED else f'{flip:.4f}'}")
     failures = summary["failures"]
@@ -283,13 +330,8 @@ def _limitations_section(summary: dict[str, Any], models: list[dict[str, Any]], 
     restricted = sorted({f"`{m['name']}`: {m['licence']}" for m in models if m["licence"] and _is_restrictive(m["licence"])})
     if restricted:
         items.append("Use is restricted by the terms of: " + "; ".join(restricted) + ".")
-    edits = record.get("config", {}).get("edits", {})
-    preserving = {"editor_preserve", "refined_preserve"} & set(edits.get("methods", []))
-    if preserving and any(entry.get("expression", 0) > 0 for entry in edits.get("preserve", [])):
-        items.append(
-            "Edits were trained or refined against 3DDFA_V2's expression coefficients; its terms: "
-            f"{REGISTRY['tddfa-mobilenet'].licence}."
-        )
+    for asset in _restricting_losses(record):
+        items.append(f"Edits were trained or refined against 3DDFA_V2's expression coefficients; its terms: {asset.licence}.")
     unknown = sorted({m["name"] for m in models if m["licence"] is None})
     if unknown:
         items.append(

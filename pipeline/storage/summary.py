@@ -25,7 +25,9 @@ import pyarrow.dataset as ds
 
 from data_schemas import EMOTION_LABELS, Col
 from pipeline.images import write_atomic
+from pipeline.storage.image_view import ROLES, read_image_table
 from pipeline.storage.manifest import open_manifest
+from pipeline.storage.splits import SPLITS
 
 NOT_SCORED = "not scored"
 PLOTS_DIR = "plots"
@@ -44,11 +46,12 @@ class RunManifest:
     dataset: ds.Dataset
     schema_version: str
     scalars: pa.Table
+    images: pa.Table  # one row per image: `pipeline.storage.image_view`
 
     @classmethod
     def read(cls, run_dir: Path) -> RunManifest:
         dataset, version = open_manifest(run_dir)
-        return cls(Path(run_dir), dataset, version, _scalar_table(dataset))
+        return cls(Path(run_dir), dataset, version, _scalar_table(dataset), read_image_table(run_dir, dataset))
 
 
 def summarize(manifest: RunManifest) -> dict[str, Any]:
@@ -63,9 +66,11 @@ def summarize(manifest: RunManifest) -> dict[str, Any]:
         "columns": dataset.schema.names,
         "seeds": _seed_summary(table),
         "generators": _counts(table, [Col.GENERATOR, Col.GENERATOR_SHA256]),
+        "images": image_counts(manifest.images),
     }
     for name in CATEGORIES:
         summary[name] = _value_counts(table, name)
+    summary[Col.EMOTION_SOURCE] = _value_counts(_role(manifest.images, "source"), "label_name")  # once per face
     summary["flip_rate"] = _mean(table, Col.EMOTION_FLIPPED)
     summary["flip_rate_by_attribute"] = _grouped_mean(table, Col.EMOTION_FLIPPED, Col.ATTRIBUTE)
     rates = {f.name: _mean(table, f.name) for f in table.schema if pa.types.is_boolean(f.type)}
@@ -75,6 +80,24 @@ def summarize(manifest: RunManifest) -> dict[str, Any]:
     summary["expressions"] = expression_yield(table)
     summary["locked_share_by_attribute"] = _grouped_mean(table, Col.EXPRESSION_LOCKED, Col.ATTRIBUTE)
     return summary
+
+
+def image_counts(images: pa.Table) -> dict[str, Any]:
+    """Faces, not rows: sources and edits in all and per split, and images per label."""
+    split_counts = {}
+    for split in SPLITS:
+        part = images.filter(pc.equal(images.column(Col.SPLIT), split))
+        split_counts[split] = {"faces": len(pc.unique(part.column("group"))), **_roles(part)}
+    return {**_roles(images), "by_split": split_counts, "labels": _value_counts(images, "label_name")}
+
+
+def _roles(images: pa.Table) -> dict[str, int]:
+    counts = {role: _role(images, role).num_rows for role in ROLES}
+    return {"sources": counts["source"], "edits": counts["edit"], "images": images.num_rows}
+
+
+def _role(images: pa.Table, role: str) -> pa.Table:
+    return images.filter(pc.equal(images.column("role"), role))
 
 
 def expression_yield(table: pa.Table) -> dict[str, dict[str, float | int]] | str:
@@ -117,7 +140,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines = [
         f"{'run':<16}{summary['run_id']}  ({summary['run_dir']})",
         f"{'schema':<16}{summary['schema_version']}",
-        f"{'rows':<16}{summary['rows']} in {summary['shards']} shards",
+        f"{'images':<16}{_images_line(summary['images'])}",
+        f"{'  by split':<16}"
+        + ", ".join(f"{split}: {c['faces']} faces, {c['images']} images" for split, c in summary["images"]["by_split"].items()),
+        f"{'  by label':<16}{_inline(summary['images']['labels'])}",
+        f"{'rows':<16}{summary['rows']} (source, edit) pairs in {summary['shards']} shards",
         f"{'seeds':<16}{seeds['min']}..{seeds['max']} ({seeds['unique']} unique)",
         f"{'columns':<16}{', '.join(summary['columns'])}",
     ]
@@ -150,6 +177,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _images_line(images: dict[str, Any]) -> str:
+    return f"{images['images']} ({images['sources']} source faces, {images['edits']} edits)"
+
+
 def markdown_summary(manifest: RunManifest, files: dict[str, str | None]) -> str:
     """The run in a few lines of Markdown (for an orchestrator's UI): rows, sources, edits per
     attribute and method, the source emotions, the emotion-kept rate, identity and landmark
@@ -159,7 +190,8 @@ def markdown_summary(manifest: RunManifest, files: dict[str, str | None]) -> str
     lines = [
         f"# Run `{summary['run_id']}`",
         "",
-        f"**{summary['rows']} rows** from **{summary['seeds']['unique']} sources** in {summary['shards']} shards.",
+        f"**{summary['images']['images']} images**: **{summary['images']['sources']} source faces** and "
+        f"{summary['images']['edits']} edits, in {summary['shards']} shards.",
         "",
     ]
     edits = [row for row in _counts(table, [Col.ATTRIBUTE, Col.EDITOR]) if row[Col.ATTRIBUTE] is not None]
@@ -169,9 +201,7 @@ def markdown_summary(manifest: RunManifest, files: dict[str, str | None]) -> str
         lines.append("")
     emotions = summary[Col.EMOTION_SOURCE]
     if emotions != NOT_SCORED:
-        sources = table.select([Col.SEED, Col.EMOTION_SOURCE]).group_by([Col.SEED, Col.EMOTION_SOURCE]).aggregate([])
-        counts = _value_counts(sources, Col.EMOTION_SOURCE)
-        lines.append("Source emotions: " + ", ".join(f"{label} {count}" for label, count in counts.items()) + ".")
+        lines.append("Source emotions: " + ", ".join(f"{label} {count}" for label, count in emotions.items()) + ".")
     metrics = summary["metrics"] if summary["metrics"] != NOT_SCORED else {}
     facts = [f"emotion kept in {1 - kept:.1%} of edits" if kept != NOT_SCORED else None]
     facts += [f"median {name} {metrics[name]['median']:.3f}" for name in (Col.IDENTITY_COSINE, Col.LANDMARK_NME) if name in metrics]
@@ -197,9 +227,8 @@ def write_plots(manifest: RunManifest, *, out_dir: Path | None = None) -> list[P
         axes.hist(values, bins=30, color="#4c72b0")
         axes.set(title=f"{name} (n={len(values)})", xlabel=name, ylabel="rows")
         written.append(_save(figure, out_dir / f"{name}.png"))
-    emotions = [name for name in (Col.EMOTION_SOURCE, Col.EMOTION_EDIT) if _value_counts(table, name) != NOT_SCORED]
-    if emotions:
-        written.append(_emotion_bars(table, emotions, out_dir / "emotions.png"))
+    if _scored(manifest.images, "label_name"):
+        written.append(_emotion_bars(manifest.images, out_dir / "emotions.png"))
     rates = _grouped_mean(table, Col.EMOTION_FLIPPED, Col.ATTRIBUTE)
     if rates != NOT_SCORED:
         figure, axes = _figure((5, 3.2))
@@ -233,18 +262,19 @@ def _scalar_table(dataset: ds.Dataset) -> pa.Table:
     return table
 
 
-def _emotion_bars(table: pa.Table, names: list[str], path: Path) -> Path:
-
-    counts = {name: _value_counts(table, name) for name in names}
+def _emotion_bars(images: pa.Table, path: Path) -> Path:
+    """Images per dominant emotion, source faces and edits side by side."""
+    counts = {f"{role}s": _value_counts(_role(images, role), "label_name") for role in ROLES}
+    counts = {role: per for role, per in counts.items() if per != NOT_SCORED}
     seen = {label for per in counts.values() for label in per}
     labels = [label for label in EMOTION_LABELS if label in seen] + sorted(seen - set(EMOTION_LABELS))
     figure, axes = _figure((6, 3.2), bottom=0.24)
-    width = 0.8 / len(names)
+    width = 0.8 / len(counts)
     positions = np.arange(len(labels))
-    for offset, name in enumerate(names):
-        axes.bar(positions + offset * width, [counts[name].get(label, 0) for label in labels], width, label=name)
-    axes.set_xticks(positions + width * (len(names) - 1) / 2, labels, rotation=30)
-    axes.set(title="dominant emotion", ylabel="rows")
+    for offset, (role, per) in enumerate(counts.items()):
+        axes.bar(positions + offset * width, [per.get(label, 0) for label in labels], width, label=role)
+    axes.set_xticks(positions + width * (len(counts) - 1) / 2, labels, rotation=30)
+    axes.set(title="dominant emotion", ylabel="images")
     axes.legend()
     return _save(figure, path)
 
