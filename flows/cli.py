@@ -560,6 +560,44 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+@_clean_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (the one holding manifest/).", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Folder to create for the export; must not exist.", show_default=False)],
+    layout: Annotated[
+        Literal["imagefolder", "hf", "csv"],
+        typer.Option("--format", help="imagefolder: split/label/ folders; hf: a Hugging Face image folder; csv: images and labels.csv."),
+    ] = "imagefolder",
+    locked_only: Annotated[bool, typer.Option("--locked-only", help="Only edits the expression lock held (sources stay).")] = False,
+    min_confidence: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Only images whose label the ensemble gives at least this probability.")
+    ] = None,
+    agreeing: Annotated[bool, typer.Option("--agreeing", help="Only images whose label both ensemble models name.")] = False,
+    role: Annotated[list[str] | None, typer.Option(metavar="ROLE", help="source or edit; repeat for both (default both).")] = None,
+    attribute: Annotated[list[str] | None, typer.Option(metavar="NAME", help="Only edits of this attribute (sources stay); repeatable.")] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy the images instead of hard-linking them.")] = False,
+) -> None:
+    """Write a run's images, each once with its label, in a layout training code reads.
+
+    The export is built in a hidden folder beside OUT and renamed to OUT when complete, with its
+    own README (source run, filters, counts) and the run's LICENSE.md.
+
+    Example: exprlock export runs/demo exports/demo --format imagefolder --locked-only
+    """
+    from pipeline.storage.export import export_run
+    from pipeline.storage.integrity import require_run_dir
+
+    require_run_dir(run_dir)
+    filters = {"expression_locked": True if locked_only else None, "min_confidence": min_confidence,
+               "emotion_agreement": True if agreeing else None, "roles": role, "attributes": attribute}  # fmt: skip
+    result = export_run(run_dir, out, layout=layout, filters=filters, copy=copy)
+    per_split = ", ".join(f"{split}: {sum(labels.values())}" for split, labels in result.counts.items())
+    console.print(f"exported {result.images} images of run {result.run_id} ({per_split}) to {result.out}", highlight=False)
+    if result.unlabelled:
+        console.print(f"left out {result.unlabelled} images without a label", highlight=False)
+
+
 @app.command("setup")
 @_clean_errors
 def setup_server(

@@ -14,7 +14,7 @@ from pipeline.config import SMALLEST_CONFIG, load_config, parse_config
 from pipeline.errors import ConfigError
 
 runner = CliRunner()
-COMMANDS = ("generate", "discover", "train-editor", "evaluate", "label-report", "convert", "inspect", "verify", "setup")
+COMMANDS = ("generate", "discover", "train-editor", "evaluate", "label-report", "convert", "inspect", "verify", "setup", "export")
 
 
 def test_version_prints_the_package_version() -> None:

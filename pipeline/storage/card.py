@@ -66,9 +66,9 @@ def write_card(run_dir: Path) -> Path:
         _limitations_section(summary, models, record),
         _loading_section(),
     ]
-    restricted = _restricting_losses(record)
-    data = card_data(summary, models, split_rows, also_restricted=[asset.name for asset in restricted])
-    write_atomic(_licence_text(summary, models, restricted).encode(), run_dir / LICENCE_FILE)
+    fields, terms = licence_terms(summary["run_id"], models, record)
+    data = card_data(summary, split_rows, fields)
+    write_atomic(terms.encode(), run_dir / LICENCE_FILE)
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
     path = run_dir / CARD_FILE
     write_atomic(str(card).encode(), path)
@@ -76,15 +76,13 @@ def write_card(run_dir: Path) -> Path:
     return path
 
 
-def card_data(
-    summary: dict[str, Any], models: list[dict[str, Any]], split_rows: dict[Split, int], *, also_restricted: list[str] = ()
-) -> DatasetCardData:
-    """The card's Hugging Face metadata."""
+def card_data(summary: dict[str, Any], split_rows: dict[Split, int], licence: dict[str, Any]) -> DatasetCardData:
+    """The card's Hugging Face metadata (`licence`: the fields of `licence_terms`)."""
     tags = ["synthetic", "faces", "facial-expression-recognition", "exprlock"]
     if summary[Col.ATTRIBUTE] != NOT_SCORED:
         tags.append("face-editing")
     return DatasetCardData(
-        **licence_fields(models, also_restricted=also_restricted),
+        **licence,
         pretty_name=f"exprlock {summary['run_id']}",
         task_categories=["image-classification"],
         annotations_creators=["machine-generated"],
@@ -132,14 +130,27 @@ def _restricting_losses(record: dict[str, Any]) -> list[Asset]:
     return []
 
 
-def _licence_text(summary: dict[str, Any], models: list[dict[str, Any]], losses: list[Asset]) -> str:
+def licence_terms(run_id: str, models: list[dict[str, Any]], record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The licence front matter of a run (or of an export of it) and its LICENSE.md text."""
+    losses = _restricting_losses(record)
+    return licence_fields(models, also_restricted=[asset.name for asset in losses]), _licence_text(run_id, models, losses)
+
+
+def run_licence_terms(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """`licence_terms` of the run in `run_dir`, from its manifest and config record."""
+    manifest = RunManifest.read(run_dir)
+    run_id = manifest.scalars.column(Col.RUN_ID)[0].as_py() if manifest.scalars.num_rows else "unknown"
+    return licence_terms(run_id, model_provenance(manifest), _config_record(Path(run_dir)))
+
+
+def _licence_text(run_id: str, models: list[dict[str, Any]], losses: list[Asset]) -> str:
     """The run's LICENSE.md: the terms of every model behind its images and scores."""
     rows = [(m["role"], m["name"], m["licence"] or "not recorded: check the terms of the file's source",
              m["asset"].page if m["asset"] else "user-supplied file") for m in models]  # fmt: skip
     rows += [("edit loss (3DMM expression)", asset.name, asset.licence, asset.page) for asset in losses]
     return "\n".join(
         [
-            f"# Terms of use: {summary['run_id']}",
+            f"# Terms of use: {run_id}",
             "",
             "The images and scores of this run were made with the models below; each model's terms bind what "
             "may be done with the data. Where any of them restricts use (non-commercial or research only), "
