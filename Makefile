@@ -44,4 +44,4 @@ expression-lock-report: install
 	$(VENV)/bin/exprlock generate --config configs/expression-lock-3dmm.yaml --out runs/expression-lock-3dmm
 	$(VENV)/bin/exprlock generate --config configs/expression-lock-identity.yaml --out runs/expression-lock-identity
 	$(VENV)/bin/exprlock evaluate runs/expression-lock runs/expression-lock-locked runs/expression-lock-3dmm \
-		runs/expression-lock-identity --out docs --name expression-lock
+		runs/expression-lock-identity --out docs --name expression-lock --force

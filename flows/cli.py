@@ -417,10 +417,13 @@ def train_editor(
 @_clean_errors
 def evaluate(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories with edits (their rows are pooled).", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Folder for the report, tables, plots and contact sheets.")] = Path("docs"),
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the report, tables, plots and contact sheets; default RUN/evaluation (required with several runs).")
+    ] = None,
     name: Annotated[str, typer.Option(help="File-name stem of everything written.")] = "hfld-evaluation",
     judges: Annotated[bool, typer.Option(help="Also score every face with the held-out judges (PyEmotion, dlib 68 points).")] = True,
     draws: Annotated[int, typer.Option(min=100, help="Bootstrap resamplings of the sources behind each interval.")] = 1000,
+    force: Annotated[bool, typer.Option("--force", help="Replace files of this name in --out that no report wrote.")] = False,
 ) -> None:
     """Compare edit methods: success, emotion flips and divergence, landmark NME, identity.
 
@@ -428,13 +431,23 @@ def evaluate(
     editor at equal attribute success, with bootstrap 95 % intervals, under the in-pipeline
     scorers and the held-out judges, which are used here and nowhere else; the same on sources
     with a confident label; the judges' agreement with the pipeline's source labels;
-    success/emotion trade-off plots and contact sheets.
+    success/emotion trade-off plots and contact sheets. Files this command did not write are
+    never overwritten without --force.
 
-    Example: exprlock evaluate runs/experiment --out docs
+    Example: exprlock evaluate runs/experiment
     """
     from pipeline.stages.evaluation import write_report
+    from pipeline.storage.integrity import require_run_dir
+    from pipeline.storage.reports import check_report_folder, record_report_files
 
+    for run_dir in run_dirs:
+        require_run_dir(run_dir)
+    if out is None and len(run_dirs) > 1:
+        raise ConfigError("--out: required when several runs are pooled (each run has its own folder)")
+    out = out if out is not None else run_dirs[0] / "evaluation"
+    check_report_folder(out, name, force=force)
     report = write_report(run_dirs, out, name=name, judges=judges, draws=draws)
+    record_report_files(out, name)
     console.print(f"report: {report}", highlight=False)
 
 
@@ -442,9 +455,10 @@ def evaluate(
 @_clean_errors
 def label_report(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run config with target expressions, e.g. configs/labels.yaml.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Folder for the report, tables and contact sheets.")] = Path("docs"),
+    out: Annotated[Path, typer.Option(help="Folder for the report, tables and contact sheets.", show_default=False)],
     runs: Annotated[Path, typer.Option(help="Folder for the two runs the report is made from.")] = Path("runs"),
     name: Annotated[str, typer.Option(help="File-name stem of everything written.")] = "labels",
+    force: Annotated[bool, typer.Option("--force", help="Replace files of this name in --out that no report wrote.")] = False,
 ) -> None:
     """How far a held-out judge agrees with exprlock's expression labels, free and targeted.
 
@@ -452,19 +466,23 @@ def label_report(
     makes a run with free expressions and one with the config's target expressions, has
     PyEmotion (held out: used here and in `evaluate` only) judge every source face, and writes
     agreement per label with bootstrap intervals, acceptance rates and contact sheets.
-    Every step resumes.
+    Every step resumes. Files this command did not write are never overwritten without --force.
 
-    Example: exprlock label-report --config configs/labels.yaml --out docs
+    Example: exprlock label-report --config configs/labels.yaml --out reports/labels
     """
     from pipeline.config import load_config
     from pipeline.stages.label_report import write_label_report
     from pipeline.models.assets import exprlock_home
     from pipeline.generators.factory import resolve_device
 
+    from pipeline.storage.reports import check_report_folder, record_report_files
+
     resolved = load_config(config)
+    check_report_folder(out, name, force=force)
     cache = exprlock_home() / "judges" / "scores.parquet"
     device = str(resolve_device(resolved.device))
     report = write_label_report(resolved, out, runs=runs, name=name, device=device, cache=cache, say=lambda line: console.print(line, highlight=False))
+    record_report_files(out, name)
     console.print(f"report: {report}", highlight=False)
 
 

@@ -89,3 +89,46 @@ def test_unknown_keys_suggest_the_nearest_field(data: dict, expected: str) -> No
     with pytest.raises(ConfigError) as refused:
         parse_config(data)
     assert str(refused.value) == f"config: {expected}"
+
+
+@pytest.fixture
+def no_report(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Stands in for the report writer: records where it would write, and writes one file there."""
+    import pipeline.stages.evaluation as evaluation
+
+    calls: list[Path] = []
+
+    def write_report(run_dirs: list[Path], out: Path, *, name: str, **_: object) -> Path:
+        calls.append(Path(out))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"{name}.md").write_text(f"report {len(calls)}")
+        return Path(out) / f"{name}.md"
+
+    monkeypatch.setattr(evaluation, "write_report", write_report)
+    return calls
+
+
+def test_evaluate_writes_into_the_run_and_never_over_files_it_did_not_write(
+    scored: tuple[Path, object], tmp_path: Path, no_report: list[Path]
+) -> None:
+    run_dir = scored[0]
+    first = runner.invoke(app, ["evaluate", str(run_dir)])
+    assert first.exit_code == 0, first.output
+    assert no_report == [run_dir / "evaluation"]
+    again = runner.invoke(app, ["evaluate", str(run_dir)])  # its own files: replaced
+    assert again.exit_code == 0 and (run_dir / "evaluation" / "hfld-evaluation.md").read_text() == "report 2"
+    committed = tmp_path / "docs"
+    committed.mkdir()
+    (committed / "hfld-evaluation.md").write_text("a committed report")
+    refused = runner.invoke(app, ["evaluate", str(run_dir), "--out", str(committed)])
+    assert refused.exit_code == 2 and len(no_report) == 2 and "--force" in refused.output
+    assert (committed / "hfld-evaluation.md").read_text() == "a committed report"
+    forced = runner.invoke(app, ["evaluate", str(run_dir), "--out", str(committed), "--force"])
+    assert forced.exit_code == 0 and (committed / "hfld-evaluation.md").read_text() == "report 3"
+    pooled = runner.invoke(app, ["evaluate", str(run_dir), str(run_dir)])
+    assert pooled.exit_code == 2 and "--out: required when several runs" in pooled.output
+
+
+def test_label_report_needs_an_out_folder(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["label-report", "--config", "configs/labels.yaml"])
+    assert result.exit_code == 2 and "--out" in result.output
