@@ -174,6 +174,30 @@ def read_png(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not a readable image ({error})") from None
 
 
+def wrap_text(text: str, width: float, font: object) -> list[str]:
+    """`text` in lines no wider than `width` pixels in `font`, broken after spaces, dashes and
+    underscores where possible and inside a word only where one alone is too wide."""
+    import re
+
+    pieces = [piece for piece in re.split(r"(?<=[ _-])", text) if piece]
+    lines: list[str] = []
+    line = ""
+    for piece in pieces:
+        if font.getlength(line + piece.rstrip()) <= width:
+            line += piece
+            continue
+        if line:
+            lines.append(line.rstrip())
+        line = ""
+        for char in piece:
+            if line and font.getlength(line + char) > width:
+                lines.append(line)
+                line = ""
+            line += char
+    lines.append(line.rstrip())
+    return [entry for entry in lines if entry] or [""]
+
+
 def labelled_grid(
     cells: list[list[np.ndarray]],
     column_labels: list[str],
@@ -183,24 +207,33 @@ def labelled_grid(
     gap: int = 2,
 ) -> np.ndarray:
     """Rows of equally sized uint8 (H, W, 3) images under a header row of column labels, each
-    image with its caption underneath when `captions` (one per image) are given."""
-    from PIL import ImageDraw
+    image with its caption underneath when `captions` (one per image) are given. Labels and
+    captions are wrapped to their cell's width (at spaces, dashes and underscores, or anywhere
+    in a longer word), so that no text runs into the next column however long a name is."""
+    from PIL import ImageDraw, ImageFont
 
     if not cells or any(len(row) != len(column_labels) for row in cells):
         raise ImageError(f"labelled grid: expected rows of {len(column_labels)} images, got {[len(r) for r in cells]}")
     if captions is not None and [len(row) for row in captions] != [len(row) for row in cells]:
         raise ImageError("labelled grid: expected one caption per image")
-    header, caption_height = 14, 12 if captions is not None else 0
+    font = ImageFont.load_default()
+    cell_width = cells[0][0].shape[1] * scale + gap
+    room = cell_width - gap - 2
+    line_height = 11
+    header_lines = [wrap_text(label, room, font) for label in column_labels]
+    caption_lines = [[wrap_text(c, room, font) for c in row] for row in captions] if captions is not None else None
+    header = line_height * max(len(lines) for lines in header_lines) + 3
+    caption_height = line_height * max((len(lines) for row in caption_lines for lines in row), default=0) + 1 if caption_lines else 0
     rows = [contact_sheet(np.stack(row), columns=len(row), scale=scale, gap=gap)[gap:] for row in cells]
     row_height = rows[0].shape[0] + caption_height
     canvas = Image.new("RGB", (rows[0].shape[1], header + gap + len(rows) * row_height), "white")
     draw = ImageDraw.Draw(canvas)
-    cell_width = cells[0][0].shape[1] * scale + gap
-    for index, label in enumerate(column_labels):
-        draw.text((gap + index * cell_width + 2, 1), label, fill=(0, 0, 0))
+    for index, lines in enumerate(header_lines):
+        draw.multiline_text((gap + index * cell_width + 2, 1), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=0)
     for number, row in enumerate(rows):
         top = header + gap + number * row_height
         canvas.paste(Image.fromarray(row), (0, top))
-        for index, caption in enumerate(captions[number] if captions is not None else []):
-            draw.text((gap + index * cell_width + 2, top + row.shape[0] - gap), caption, fill=(0, 0, 0))
+        for index, lines in enumerate(caption_lines[number] if caption_lines is not None else []):
+            draw.multiline_text((gap + index * cell_width + 2, top + row.shape[0] - gap), "\n".join(lines),
+                                fill=(0, 0, 0), font=font, spacing=0)  # fmt: skip
     return np.asarray(canvas)
