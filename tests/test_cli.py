@@ -342,19 +342,26 @@ def test_progress_counts_faces_and_edits_from_the_files(tmp_path: Path) -> None:
     assert shard_count(config) == 2
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_stops_generate_cleanly(tmp_path: Path, signum: int, status: int) -> None:
+def start_long_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """`exprlock generate` of 50 shards in a subprocess, once it holds its first shard claim."""
     config = write_config(tmp_path, "profile: demo\nsources: {count: 200, shard_size: 4}\nscoring: {attributes: false}\n")
     out = tmp_path / "run"
     environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     command = [str(Path(sys.executable).parent / "exprlock"), "generate", "--config", str(config), "--out", str(out)]
     process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list((out / "manifest").glob(".shard-*.claim")) and time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(process.communicate())
+        time.sleep(0.2)
+    return process, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_generate_cleanly(tmp_path: Path, signum: int, status: int) -> None:
+    process, out = start_long_run(tmp_path)
     try:
-        deadline = time.monotonic() + 180
-        while not list((out / "manifest").glob(".shard-*.claim")) and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.2)
         children = psutil.Process(process.pid).children(recursive=True)
         assert children, "the temporary Prefect server should be running"
         process.send_signal(signum)
@@ -371,16 +378,8 @@ def test_a_signal_stops_generate_cleanly(tmp_path: Path, signum: int, status: in
 
 @pytest.mark.slow
 def test_a_dead_prefect_server_stops_the_run_within_seconds_with_one_line(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "profile: demo\nsources: {count: 200, shard_size: 4}\nscoring: {attributes: false}\n")
-    out = tmp_path / "run"
-    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    command = [str(Path(sys.executable).parent / "exprlock"), "generate", "--config", str(config), "--out", str(out)]
-    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, out = start_long_run(tmp_path)
     try:
-        deadline = time.monotonic() + 180
-        while not list((out / "manifest").glob(".shard-*.claim")) and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.2)
         (server,) = [c for c in psutil.Process(process.pid).children(recursive=True) if "uvicorn" in " ".join(c.cmdline())]
         server.kill()
         killed = time.monotonic()

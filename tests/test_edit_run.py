@@ -14,6 +14,7 @@ import torch
 
 from data_schemas import Col
 from pipeline.storage.card import write_card
+from pipeline.storage.dataset import ManifestDataset
 from pipeline.config import LockConfig, PreservationWeights, RunConfig, parse_config
 from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard
 from pipeline.editing.files import read_report
@@ -92,6 +93,12 @@ def test_every_method_produces_scored_edits(tmp_path: Path) -> None:
     first = frame.iloc[0]
     assert read_png(run_dir / first[Col.IMAGE_EDIT]).shape == (64, 64, 3)
     assert summarise(frame)["edits"].sum() == 10
+    images = ManifestDataset(run_dir).table.to_pandas()  # the image view of a real run: 2 faces, 10 edits, each once
+    assert len(images) == 12 and images["image"].is_unique
+    assert set(images["image"]) == set(frame[Col.IMAGE_SOURCE]) | set(frame[Col.IMAGE_EDIT])
+    by_edit = frame.set_index(Col.IMAGE_EDIT)
+    for row in images[images["role"] == "edit"].itertuples():
+        assert row.label_name == by_edit.at[row.image, Col.EMOTION_EDIT] and row.method == by_edit.at[row.image, Col.EDITOR]
     from typer.testing import CliRunner
 
     from flows.cli import app
