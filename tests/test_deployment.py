@@ -218,7 +218,7 @@ def _assert_the_ui_shows_the_run(server: Server, flow_run_id: str, run_id: str, 
     progress, summary, table = (artifacts.get(f"{run_id}-{kind}") for kind in ("progress", "summary", "shards"))
     assert progress is not None and progress.type == "progress" and progress.data == 100.0, sorted(artifacts)
     assert summary is not None and summary.type == "markdown"
-    assert run_id in summary.data and f"**{rows} rows**" in summary.data, summary.data
+    assert run_id in summary.data and f"**{rows} images**" in summary.data, summary.data  # a source-only run: one image per row
     assert table is not None and table.type == "table"
     assert [row["shard"] for row in json.loads(table.data)] == list(range(shards))
     assert task_names == ["contact-sheet", "dataset-card", *(f"shard-{i:05d}" for i in range(shards))]

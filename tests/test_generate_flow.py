@@ -77,7 +77,7 @@ def check_artifacts(run_id: str) -> None:
 
         assert artifact("progress").data == 100.0
         summary = artifact("summary").data
-        assert f"# Run `{run_id}`" in summary and "**8 rows** from **8 sources** in 3 shards." in summary
+        assert f"# Run `{run_id}`" in summary and "**8 images**: **8 source faces** and 0 edits, in 3 shards." in summary
         table = json.loads(artifact("shards").data)
         assert [(row["shard"], row["status"], row["rows"]) for row in table] == [(0, "done", 0), (1, "done", 0), (2, "written", 2)]
 

@@ -103,6 +103,6 @@ def test_a_training_step_with_every_term_runs_on_onednn_and_equals_the_native_ke
     for name, value in results["off"].items():
         assert torch.isfinite(value).all() and value.abs().sum() > 0, name
         # float32 sums in another order, amplified by lambda 1000: a relative error of the whole
-        # gradient of about 3e-4 (the loss itself agrees to about 1e-6).
+        # gradient of about 3e-4 (the loss itself agrees to about 1e-6), 1.8e-3 on CPUs with AMX.
         error = float((results["on"][name] - value).norm() / value.norm())
-        assert error < 1e-3, (name, error)
+        assert error < 5e-3, (name, error)

@@ -19,9 +19,12 @@ from data_schemas import ATTRIBUTE_FIELDS
 
 pytestmark = pytest.mark.slow
 
-# Per attribute column: probability, years, degrees, CIELAB units.
-ATTRIBUTE_TOLERANCE = {"p_female": 1e-4, "age": 1e-3, "yaw": 1e-3, "pitch": 1e-3, "roll": 1e-3,
-                       "hair_lightness": 1e-3, "hair_redness": 1e-3, "hair_yellowness": 1e-3, "skin_lightness": 1e-3}  # fmt: skip
+# Per attribute column: probability, years, degrees, CIELAB units. Age and the colour statistics
+# sit at 5e-3: on CPUs with AMX, oneDNN's float32 kernels moved one face's age by 1.3e-3 years and
+# one hair region's b* by 1.2e-3 against the stored reference (a change of the scorers moves them
+# by orders of magnitude more).
+ATTRIBUTE_TOLERANCE = {"p_female": 1e-4, "age": 5e-3, "yaw": 1e-3, "pitch": 1e-3, "roll": 1e-3,
+                       "hair_lightness": 5e-3, "hair_redness": 5e-3, "hair_yellowness": 5e-3, "skin_lightness": 5e-3}  # fmt: skip
 TOLERANCE = {
     "emotion_model_probs": 1e-4,  # probability
     "landmarks": 1e-3,  # pixels
