@@ -25,52 +25,23 @@ Porting notes, each checked against the package running on tfjs in node
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import CheckpointError, ImageError
+from pipeline.errors import CheckpointError
 from pipeline.images import to_float_images
 from pipeline.models.assets import asset_path
-from pipeline.models.emotion import crop_resize
+from pipeline.models.face_api import SeparableConv, face_api_input, pad_same, tfjs_tensors
 
 FACE_API_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
 # For each FER2013 label, the index of the same expression among face-api's outputs.
 TO_FER_ORDER = (3, 5, 4, 1, 2, 6, 0)
-INPUT_SIZE = 112
 MEAN_RGB = (122.782, 117.001, 104.298)
 WIDTHS = (32, 64, 128, 256)
 CONVS_PER_BLOCK = 4
-
-
-def _pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """TensorFlow's "same" padding: the larger half after the input."""
-    pads = []
-    for size in (x.shape[3], x.shape[2]):
-        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-        pads += [total // 2, total - total // 2]
-    return F.pad(x, pads)
-
-
-class _SeparableConv(nn.Module):
-    """Depthwise 3x3 (with the stride) then pointwise 1x1 with bias, "same" padding: one pixel
-    each side at stride 1, which the convolution pads itself without copying its input; at
-    stride 2 TensorFlow pads more after the input than before, so the input is padded first."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-        padding = 1 if stride == 1 else 0
-        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=padding, groups=in_channels, bias=False)
-        self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x if self.stride == 1 else _pad_same(x, 3, self.stride)))
 
 
 class _FirstConv(nn.Module):
@@ -81,7 +52,7 @@ class _FirstConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(_pad_same(x, 3, 2))
+        return self.conv(pad_same(x, 3, 2))
 
 
 class _DenseBlock(nn.Module):
@@ -89,8 +60,8 @@ class _DenseBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, first: bool) -> None:
         super().__init__()
-        entry = _FirstConv(in_channels, out_channels) if first else _SeparableConv(in_channels, out_channels, 2)
-        rest = [_SeparableConv(out_channels, out_channels, 1) for _ in range(CONVS_PER_BLOCK - 1)]
+        entry = _FirstConv(in_channels, out_channels) if first else SeparableConv(in_channels, out_channels, 2)
+        rest = [SeparableConv(out_channels, out_channels, 1) for _ in range(CONVS_PER_BLOCK - 1)]
         self.convs = nn.ModuleList([entry, *rest])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,36 +90,10 @@ class FaceExpressionNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def _tfjs_tensors(manifest_path: Path, weights_path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a tfjs weights manifest and its single shard, dequantised to float32."""
-    try:
-        groups = json.loads(manifest_path.read_text())
-        data = weights_path.read_bytes()
-        tensors, offset = {}, 0
-        for spec in (w for group in groups for w in group["weights"]):
-            count = math.prod(spec["shape"])
-            quant = spec.get("quantization")
-            if quant:
-                if quant["dtype"] != "uint8":
-                    raise ValueError(f"{spec['name']}: quantisation {quant['dtype']} is not uint8")
-                raw = np.frombuffer(data, np.uint8, count, offset).astype(np.float32)
-                value, offset = raw * np.float32(quant["scale"]) + np.float32(quant["min"]), offset + count
-            else:
-                if spec["dtype"] != "float32":
-                    raise ValueError(f"{spec['name']}: dtype {spec['dtype']} is not float32")
-                value, offset = np.frombuffer(data, "<f4", count, offset).copy(), offset + 4 * count
-            tensors[spec["name"]] = value.reshape(spec["shape"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{weights_path}: not a readable tfjs face expression model ({exc})") from None
-    if offset != len(data):
-        raise CheckpointError(f"{weights_path}: {len(data) - offset} bytes left after the manifest's tensors")
-    return tensors
-
-
 def load_face_expression_net(weights: Path | None = None, manifest: Path | None = None) -> FaceExpressionNet:
     """The network with face-api's weights, frozen, in eval mode."""
     weights = Path(weights or asset_path("face-api-expression"))
-    tensors = _tfjs_tensors(Path(manifest or asset_path("face-api-expression-manifest")), weights)
+    tensors = tfjs_tensors(Path(manifest or asset_path("face-api-expression-manifest")), weights, what="face expression model")
     state: dict[str, torch.Tensor] = {}
 
     def take(name: str) -> torch.Tensor:
@@ -178,20 +123,6 @@ def load_face_expression_net(weights: Path | None = None, manifest: Path | None 
     return network.requires_grad_(False).eval()
 
 
-def resize_like_tfjs(x: torch.Tensor, size: int) -> torch.Tensor:
-    """tfjs `resizeBilinear` without corner alignment or half-pixel centres, differentiably."""
-
-    def axis(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        position = torch.arange(size, device=x.device, dtype=x.dtype) * (length / size)
-        low = position.floor().long().clamp(max=length - 1)
-        return low, (low + 1).clamp(max=length - 1), position - low
-
-    y0, y1, wy = axis(x.shape[2])
-    x0, x1, wx = axis(x.shape[3])
-    rows = x[:, :, y0] * (1 - wy)[:, None] + x[:, :, y1] * wy[:, None]
-    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
-
-
 class FaceExpressionClassifier(nn.Module):
     """Seven expression classes in FER2013's order (`LABELS`) from RGB faces, face-api's way.
 
@@ -212,25 +143,9 @@ class FaceExpressionClassifier(nn.Module):
         return self.net.mean_rgb.device
 
     def preprocess(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
-        """RGB `(N, 3, H, W)` in [-1, 1] to the network input, `(N, 3, 112, 112)` in 0-255.
-
-        `boxes` `(N, 4)` crops each face box `(x0, y0, x1, y1)` in pixels first (`crop_resize`).
-        """
-        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ImageError(f"images: expected float RGB (N, 3, H, W) in [-1, 1], got {images.dtype} of shape {tuple(images.shape)}")
-        pixels = (images + 1) * 127.5
-        if boxes is not None:
-            if tuple(boxes.shape) != (images.shape[0], 4):
-                raise ImageError(f"boxes: expected shape ({images.shape[0]}, 4) as (x0, y0, x1, y1), got {tuple(boxes.shape)}")
-            return crop_resize(pixels, boxes, INPUT_SIZE)
-        height, width = pixels.shape[2:]
-        if height != width:
-            extra = abs(height - width)
-            after = math.floor(extra / 2 + 0.5)  # JavaScript's Math.round
-            pads = [extra - after, after, 0, 0] if height > width else [0, 0, extra - after, after]
-            pixels = F.pad(pixels, pads)
-        side = pixels.shape[2]
-        return pixels if side == INPUT_SIZE else resize_like_tfjs(pixels, INPUT_SIZE)
+        """RGB `(N, 3, H, W)` in [-1, 1] to the network input, `(N, 3, 112, 112)` in 0-255
+        (`face_api_input`; `boxes` `(N, 4)` crops each face box first)."""
+        return face_api_input(images, boxes)
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Logits `(N, 7)` in FER2013's label order."""
