@@ -175,6 +175,28 @@ REGISTRY: dict[str, Asset] = {
             description="tfjs weights manifest of the expression network: tensor names, shapes, quantisation",
             registry="npm",
         ),
+        Asset(
+            name="face-api-age-gender",
+            package="@vladmandic/face-api",
+            version="1.7.15",
+            member="package/model/age_gender_model.bin",
+            sha256="49f92bbc0afef2342c4385e4a2b0acb6d7a727c6f0aa539499719a81acf9abaa",
+            licence="MIT (face-api.js, Vincent Mühler; @vladmandic/face-api)",
+            licence_id="mit",
+            description="face-api.js age and gender network weights: TinyXception on 112x112 RGB (tfjs, uint8-quantised)",
+            registry="npm",
+        ),
+        Asset(
+            name="face-api-age-gender-manifest",
+            package="@vladmandic/face-api",
+            version="1.7.15",
+            member="package/model/age_gender_model-weights_manifest.json",
+            sha256="74b60bf3ebf981bf4e661e9cca3a185614e10b25d797118b62e2a68d3ff2569f",
+            licence="MIT (face-api.js, Vincent Mühler; @vladmandic/face-api)",
+            licence_id="mit",
+            description="tfjs weights manifest of the age and gender network: tensor names, shapes, quantisation",
+            registry="npm",
+        ),
         # Held-out judges (pipeline.judges): evaluation only, never a loss, label or choice.
         Asset(
             name="pyemotion",

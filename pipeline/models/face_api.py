@@ -25,13 +25,14 @@ from pipeline.models.emotion import crop_resize
 INPUT_SIZE = 112
 
 
-def pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """TensorFlow's "same" padding: the larger half after the input."""
+def pad_same(x: torch.Tensor, kernel: int, stride: int, *, value: float = 0.0) -> torch.Tensor:
+    """TensorFlow's "same" padding: the larger half after the input (`value`: -inf for a max pool,
+    whose window TensorFlow never lets see the padding)."""
     pads = []
     for size in (x.shape[3], x.shape[2]):
         total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
         pads += [total // 2, total - total // 2]
-    return F.pad(x, pads)
+    return F.pad(x, pads, value=value)
 
 
 class SeparableConv(nn.Module):

@@ -1,4 +1,5 @@
-"""Make `face_api_reference.npz`: fixed faces and what face-api's own code says about them.
+"""Make `face_api_reference.npz`: fixed faces and what face-api's own code says about them
+(expression logits and probabilities, age, gender logits and probabilities).
 
 One command, in an empty folder with Node.js 20 and the npm registry reachable:
 
@@ -47,6 +48,9 @@ def main(node_modules: str) -> None:
     arrays = {f"input_{i}": image for i, image in enumerate(inputs)}
     arrays["logits"] = np.array([o["logits"] for o in result["outputs"]], dtype=np.float32)
     arrays["probabilities"] = np.array([o["probabilities"] for o in result["outputs"]], dtype=np.float32)
+    arrays["age"] = np.array([o["age"] for o in result["outputs"]], dtype=np.float32)
+    arrays["gender_logits"] = np.array([o["gender_logits"] for o in result["outputs"]], dtype=np.float32)
+    arrays["gender"] = np.array([o["gender"] for o in result["outputs"]], dtype=np.float32)  # (male, female)
     arrays["runtime"] = np.array(f"@vladmandic/face-api 1.7.15, tfjs {result['tfjs']}, backend {result['backend']}")
     np.savez_compressed(HERE / "face_api_reference.npz", **arrays)
 
