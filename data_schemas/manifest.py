@@ -93,8 +93,9 @@ EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutr
 """FER2013 class order of every `emotion_probs_*` list."""
 
 ATTRIBUTE_FIELDS = (
-    ("p_female", "Adience gender net: probability of female, 0-1"),
-    ("age", "Adience age net: expected age over its 8 buckets, years"),
+    ("p_female", "Probability of female by the gender model the row's `models` names (role gender), 0-1"),
+    ("age", "Age in years by the model the row's `models` names (role age): face-api's estimate, or Adience's "
+     "expected age over its 8 buckets"),
     ("yaw", "Head yaw from FaceMesh landmarks, degrees"),
     ("pitch", "Head pitch from FaceMesh landmarks, degrees"),
     ("roll", "Head roll from FaceMesh landmarks, degrees"),

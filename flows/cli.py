@@ -377,7 +377,7 @@ def _resolved_models(config: RunConfig) -> dict[str, str]:
         "identity": config.identity_backend if scoring.enabled else "off",
         "detector": "yunet" if scoring.enabled else "off",
         "landmarks": "facemesh" if scoring.enabled else "off",
-        "gender_age": "adience" if scoring.enabled and scoring.attributes else "off",
+        "gender_age": scoring.age_gender if scoring.enabled and scoring.attributes else "off",
     }
 
 

@@ -31,6 +31,7 @@ from pipeline.editing.files import (
     emotion_name,
     read_report,
     require_attributes,
+    require_gender_age_scorer,
     require_generator,
 )
 from pipeline.editing.latent_classifier import LatentClassifier, load_latent_classifier
@@ -63,6 +64,7 @@ class Editing:
         self.directory = config.models_dir
         self.report = read_report(self.directory)
         require_attributes(self.report, self.directory, config.edits.attributes)
+        require_gender_age_scorer(self.report, self.directory, config)
         self._editors: dict[tuple[str, PreservationWeights], LatentEditor] = {}
         self._preservation: dict[PreservationWeights, PreservationLoss] = {}
 

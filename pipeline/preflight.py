@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from pipeline.config import STYLEGAN_KINDS, RunConfig
-from pipeline.editing.files import EDITOR_DIR, read_report, require_attributes, require_generator
+from pipeline.editing.files import EDITOR_DIR, read_report, require_attributes, require_gender_age_scorer, require_generator
 from pipeline.editing.plan import plan_edits, required_models
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.storage.layout import CONFIG_FILE, other_run_error
@@ -22,7 +22,10 @@ from pipeline.models.assets import asset_path, file_sha256, get_asset
 
 # The assets each scorer model loads (`pipeline.scoring.FaceScorer`).
 SCORER_ASSETS = ("facemesh", "face-api-expression", "face-api-expression-manifest", "yunet")
-ADIENCE_ASSETS = ("adience-age-net", "adience-age-prototxt", "adience-gender-net", "adience-gender-prototxt")
+GENDER_AGE_MODEL_ASSETS = {
+    "faceapi": ("face-api-age-gender", "face-api-age-gender-manifest"),
+    "adience": ("adience-age-net", "adience-age-prototxt", "adience-gender-net", "adience-gender-prototxt"),
+}
 DEFAULT_GENERATOR = "dcgan-digiface"
 
 
@@ -106,6 +109,7 @@ def check_edit_models(config: RunConfig, generator_sha: str, config_path: Path) 
     report = read_report(directory)
     require_attributes(report, directory, config.edits.attributes)
     require_generator(report, directory, generator_sha)
+    require_gender_age_scorer(report, directory, config)
     missing = [path for path in needed if not path.is_file()]
     if not missing:
         return
@@ -133,7 +137,7 @@ def run_assets(config: RunConfig) -> list[str]:
         if config.identity_backend == "native":
             names.append("sface")
         if config.scoring.attributes:
-            names += ADIENCE_ASSETS
+            names += GENDER_AGE_MODEL_ASSETS[config.scoring.age_gender]
     if any(spec.method == "refined_preserve" and spec.weights.expression > 0 for spec in plan_edits(config)):
         names.append("tddfa-mobilenet")
     return names

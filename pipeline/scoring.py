@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from data_schemas import ATTRIBUTE_FIELDS, EMOTION_LABELS, Col
-from pipeline.config import Precision
+from pipeline.config import GENDER_AGE_ASSETS, AgeGenderModel, Precision
 from pipeline.editing.hfld import landmark_nme
 from pipeline.errors import ConfigError
 from pipeline.metrics import js_divergence
@@ -30,6 +30,7 @@ from pipeline.models.attributes import colour_attributes, head_pose
 from pipeline.models.deepface_backend import DeepFaceEmotion
 from pipeline.models.detector import FaceDetector
 from pipeline.models.emotion import EmotionClassifier
+from pipeline.models.face_age_gender import AgeGenderClassifier
 from pipeline.models.face_expression import FaceExpressionClassifier
 from pipeline.models.facemesh import LEFT_EYE, RIGHT_EYE, FaceMeshLandmarker
 from pipeline.generators.base import to_uint8
@@ -50,7 +51,7 @@ ATTRIBUTE_SCORES = {
     "skin_lightness": "skin_lightness",
     "yaw": "yaw",
 }
-ADIENCE_NETS = {"p_female": "gender", "age": "age"}  # the attributes only the Adience nets give, by net
+GENDER_AGE_NETS = {"p_female": "gender", "age": "age"}  # the attributes only the gender and age scorer gives, by net
 # FaceMesh points for SFace's five-point template, in its order: eye on the image's left (the
 # subject's right), eye on the image's right, nose tip, mouth corner on the image's left, right.
 _NOSE_TIP, _MOUTH_IMAGE_LEFT, _MOUTH_IMAGE_RIGHT = 1, 61, 291
@@ -60,8 +61,6 @@ _MODEL_ROLES = (
     ("emotion_faceapi", "face-api-expression"),
     ("identity", "sface"),
     ("detector", "yunet"),
-    ("gender", "adience-gender-net"),
-    ("age", "adience-age-net"),
 )
 
 
@@ -177,16 +176,18 @@ class FaceScorer:
     Args:
         device: where the torch models run, YuNet included on a CUDA device (on the CPU it runs
             through OpenCV, which is faster there); insightface's graphs run on the CPU.
-        attributes: also run the Adience gender and age nets (the slowest scorers); without
-            them `p_female` and `age` are NaN.
+        attributes: also score gender and age; without them `p_female` and `age` are NaN.
         emotion: "native" (FER2013 mini-Xception asset) or "deepface" (deepface's emotion
             model, from its weights folder; refused with the path when absent).
         identity: "native" (SFace asset) or "insightface" (ArcFace of buffalo_l, likewise).
         precision: the number format of the torch classifiers (both emotion models, SFace, the
-            Adience nets), through autocast: "bfloat16" halves their cost on CPUs with
+            gender and age scorer), through autocast: "bfloat16" halves their cost on CPUs with
             AVX512-BF16 or AMX and on GPUs, "float16" is for GPUs. FaceMesh stays float32, as
             landmark distances of a fraction of a pixel are what HFLD measures; so do YuNet and
             insightface's graphs, which run outside torch.
+        age_gender: "faceapi" (face-api.js's age and gender network, on the square around the
+            FaceMesh points that its expression network sees) or "adience" (the Adience nets, on
+            the whole image).
     """
 
     def __init__(
@@ -197,6 +198,7 @@ class FaceScorer:
         emotion: EmotionBackend = "native",
         identity: IdentityBackend = "native",
         precision: Precision = "float32",
+        age_gender: AgeGenderModel = "faceapi",
     ) -> None:
         self.device = torch.device(device)
         if precision == "float16" and self.device.type != "cuda":
@@ -211,7 +213,9 @@ class FaceScorer:
         self.identity = self._placed(IdentityEncoder()) if identity == "native" else ArcFaceIdentity()
         self.embedding_size = EMBEDDING_DIM if isinstance(self.identity, IdentityEncoder) else self.identity.dim
         self.detector = FaceDetector(device=self.device)
-        self.adience = AdienceGenderAge(self.device) if attributes else None
+        self.age_gender = age_gender if attributes else None
+        self.adience = AdienceGenderAge(self.device) if self.age_gender == "adience" else None
+        self.faceapi_age_gender = self._placed(AgeGenderClassifier()) if self.age_gender == "faceapi" else None
         self._provenance: list[dict[str, str]] | None = None
 
     def _placed(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -239,7 +243,8 @@ class FaceScorer:
             embeddings = np.full((len(images), self.embedding_size), np.nan, dtype=np.float32)
         pixels = to_uint8(images).numpy()
         detections = self.detector.detect(pixels)
-        emotion_model_probs, attributes = self._describe(images, pixels, landmarks)
+        emotion_model_probs = self._emotion_model_probs(images, landmarks)
+        attributes = self._attributes(images, pixels, landmarks)
         return FaceScores(
             emotion_model_probs=emotion_model_probs,
             landmarks=landmarks.cpu().numpy(),
@@ -259,14 +264,14 @@ class FaceScorer:
     def describe(self, images: torch.Tensor, attributes: Collection[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ensemble's emotion probabilities `(N, 7)` and attributes `(N, A)` only: what
         direction discovery and the per-edit lock need, without the identity and detection
-        models. With `attributes`, an Adience net runs only when one of them needs it (the
+        models. With `attributes`, a gender or age model runs only when one of them needs it (the
         columns nobody asked for may be NaN); the columns asked for are the same as without."""
         images = images.to(self.device, torch.float32)
         landmarks, _ = self.landmarker(images)
         pixels = to_uint8(images).numpy()
-        nets = set(ADIENCE_NETS.values()) if attributes is None else {ADIENCE_NETS[a] for a in attributes if a in ADIENCE_NETS}
+        wanted = GENDER_AGE_NETS.values() if attributes is None else [GENDER_AGE_NETS[a] for a in attributes if a in GENDER_AGE_NETS]
         model_probs = self._emotion_model_probs(images, landmarks)
-        return ensemble_probs(model_probs), self._attributes(pixels, landmarks.cpu().numpy(), nets=nets)
+        return ensemble_probs(model_probs), self._attributes(images, pixels, landmarks, nets=set(wanted))
 
     @torch.no_grad()
     def expressions(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -276,18 +281,15 @@ class FaceScorer:
         landmarks, _ = self.landmarker(images)
         return self._emotion_model_probs(images, landmarks), self.detector.detect(to_uint8(images).numpy()).found
 
-    def _describe(self, images: torch.Tensor, pixels: np.ndarray, landmarks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Each emotion model's probabilities `(N, M, 7)` and the attributes `(N, A)`."""
-        return self._emotion_model_probs(images, landmarks), self._attributes(pixels, landmarks.cpu().numpy())
-
     def _emotion_model_probs(self, images: torch.Tensor, landmarks: torch.Tensor) -> np.ndarray:
         with self._classifying():
             probs = emotion_model_probs(self.emotion, self.expression, images, landmarks)
         return probs.float().cpu().numpy()
 
     def _attributes(
-        self, pixels: np.ndarray, landmarks: np.ndarray, *, nets: Collection[str] = tuple(ADIENCE_NETS.values())
-    ) -> np.ndarray:
+        self, images: torch.Tensor, pixels: np.ndarray, landmarks: torch.Tensor,
+        *, nets: Collection[str] = tuple(GENDER_AGE_NETS.values()),
+    ) -> np.ndarray:  # fmt: skip
         count = len(pixels)
         columns = dict.fromkeys(ATTRIBUTE_NAMES, np.full(count, np.nan, dtype=np.float32))
         if self.adience is not None and nets:
@@ -295,9 +297,14 @@ class FaceScorer:
                 gender_age = self.adience.predict(pixels, nets=nets)
             columns["p_female"] = gender_age.p_female
             columns["age"] = gender_age.expected_age
-        pose = head_pose(landmarks)
+        if self.faceapi_age_gender is not None and nets:
+            with self._classifying():
+                age, female = self.faceapi_age_gender(images, expression_boxes(landmarks))
+            columns["p_female"], columns["age"] = female.float().cpu().numpy(), age.float().cpu().numpy()
+        points = landmarks.cpu().numpy()
+        pose = head_pose(points)
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
-        colours = colour_attributes(pixels, landmarks)
+        colours = colour_attributes(pixels, points)
         columns["hair_lightness"] = colours.hair_lightness
         columns["hair_redness"] = colours.hair_redness
         columns["hair_yellowness"] = colours.hair_yellowness
@@ -316,6 +323,8 @@ class FaceScorer:
 
     def _model_records(self) -> list[dict[str, str]]:
         records = [_asset_record(role, name) for role, name in _MODEL_ROLES if self._uses(role)]
+        if self.age_gender is not None:
+            records += [_asset_record(role, name) for role, name in GENDER_AGE_ASSETS[self.age_gender].items()]
         for role, model in (("emotion", self.emotion), ("identity", self.identity)):
             if isinstance(model, (DeepFaceEmotion, ArcFaceIdentity)):
                 records.append(
@@ -325,8 +334,6 @@ class FaceScorer:
         return records
 
     def _uses(self, role: str) -> bool:
-        if role in ("gender", "age"):
-            return self.adience is not None
         if role == "emotion":
             return isinstance(self.emotion, EmotionClassifier)
         if role == "identity":
@@ -364,10 +371,12 @@ def load_scorer(
     emotion: EmotionBackend = "native",
     identity: IdentityBackend = "native",
     precision: Precision = "float32",
+    age_gender: AgeGenderModel = "faceapi",
 ) -> FaceScorer:
     """One scorer per process and setting; loading the models takes seconds."""
     configure_threads()
-    return FaceScorer(device=device, attributes=attributes, emotion=emotion, identity=identity, precision=precision)
+    return FaceScorer(device=device, attributes=attributes, emotion=emotion, identity=identity, precision=precision,
+                      age_gender=age_gender)  # fmt: skip
 
 
 def concat_scores(parts: Sequence[FaceScores]) -> FaceScores:

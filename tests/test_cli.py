@@ -240,6 +240,27 @@ def test_models_of_another_generator_are_refused(tmp_path: Path, no_server: list
     )
 
 
+def test_models_of_another_gender_and_age_scorer_are_refused(tmp_path: Path, no_server: list[str]) -> None:
+    models = demo_models(tmp_path)
+    report = json.loads((models / "discovery.json").read_text())
+    for record in report["provenance"]["scorers"]:
+        if record["role"] in ("gender", "age"):
+            record["name"] = f"adience-{record['role']}-net"
+    (models / "discovery.json").write_text(json.dumps(report))
+    config = write_config(tmp_path, EDITED)
+    message = refused(["--config", str(config), "--out", str(tmp_path / "run")], tmp_path, no_server)
+    assert message == (
+        f"{models}: its gender direction and editors were made with gender scores of adience-gender-net, this run "
+        "scores gender with face-api-age-gender (scoring.age_gender: faceapi); run `exprlock discover` and "
+        "`exprlock train-editor` with this config into another edits.directory, or set scoring.age_gender to the "
+        "models' scorer"
+    )
+    adience = write_config(tmp_path, EDITED + "scoring: {age_gender: adience}\n")  # what the models were made with
+    accepted = runner.invoke(app, ["generate", "--config", str(adience), "--out", str(tmp_path / "run"), "--dry-run"])
+    assert accepted.exit_code == 0, accepted.output
+    assert json.loads(accepted.output)["models"]["gender_age"] == "adience"
+
+
 def test_a_missing_asset_is_refused(tmp_path: Path, no_server: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXPRLOCK_HOME", str(tmp_path / "empty-home"))
     config = write_config(tmp_path, QUICK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -77,11 +78,39 @@ def test_classifier_precision_is_part_of_the_run_only_when_reduced() -> None:
     assert base.run_id == parse_config({"sources": {"count": 8}, "scoring": {"precision": "float32"}}).run_id
     reduced = parse_config({"sources": {"count": 8}, "scoring": {"precision": "bfloat16"}})
     assert reduced.run_id != base.run_id
-    assert reduced.scorer_settings("cpu")[-1] == "bfloat16"
+    assert reduced.scorer_settings("cpu")[4] == "bfloat16"
     with pytest.raises(ConfigError, match="scoring.precision: input should be 'float32', 'bfloat16' or 'float16'"):
         parse_config({"scoring": {"precision": "int8"}})
     with pytest.raises(ConfigError, match="scoring.precision: float16 runs only on CUDA; use bfloat16 or float32 on the CPU"):
         parse_config({"scoring": {"precision": "float16"}, "device": "cpu"})
+
+
+def test_the_gender_and_age_scorer_keeps_old_configs_and_old_runs_adience() -> None:
+    """face-api's network is the default; a config that asks for Adience keeps the id it had before
+    there was a choice, and a run record from then reads as Adience."""
+    before = "demo-594055f6dcbd"  # configs/demo-models.yaml's run id when every run scored with Adience
+    models = {"discovery": {"samples": 5000, "shard_size": 500}, "training": {"steps": 300},
+              "edits": {"directory": "../models/demo", "attributes": ["gender", "age", "hair_lightness"],
+                        "strengths": [3.0, 6.0], "methods": ["editor_preserve"]}}  # fmt: skip
+    new = parse_config(models)
+    assert new.scoring.age_gender == "faceapi" and new.scorer_settings("cpu")[-1] == "faceapi"
+    assert new.run_id != before
+    assert parse_config({**models, "scoring": {"age_gender": "adience"}}).run_id == before
+    unscored = {"sources": {"count": 8}, "scoring": {"attributes": False}}
+    assert parse_config(unscored).run_id == parse_config({**unscored, "scoring": {"attributes": False, "age_gender": "adience"}}).run_id
+    with pytest.raises(ConfigError, match="scoring.age_gender: input should be 'faceapi' or 'adience'"):
+        parse_config({"scoring": {"age_gender": "deepface"}})
+
+
+def test_a_run_recorded_before_the_choice_reads_as_adience(tmp_path: Path) -> None:
+    from pipeline.storage.integrity import run_config
+
+    record = {"run_id": "demo-x", "config": {"sources": {"count": 8}, "scoring": {"enabled": True}}}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert run_config(tmp_path).scoring.age_gender == "adience"
+    record["config"]["scoring"]["age_gender"] = "faceapi"
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert run_config(tmp_path).scoring.age_gender == "faceapi"
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from pipeline.scoring import (
     concat_scores,
     expression_boxes,
     five_points,
+    load_scorer,
     repeat_rows,
     source_score_columns,
 )
@@ -94,8 +95,9 @@ def test_without_identity_every_other_score_is_the_same_and_the_encoder_never_ru
 
 
 def test_describing_some_attributes_gives_the_same_columns_and_runs_only_the_nets_they_need(
-    scorer: FaceScorer, faces: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+    faces: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    scorer = load_scorer("cpu", True, "native", "native", "float32", "adience")
     probs, full = scorer.describe(faces)
     for wanted, nets in ((["p_female"], {"gender"}), (["age"], {"age"}), (["hair_lightness"], None), (["yaw"], None)):
         calls: list[set[str]] = []
@@ -107,6 +109,24 @@ def test_describing_some_attributes_gives_the_same_columns_and_runs_only_the_net
         np.testing.assert_array_equal(some[:, column], full[:, column])
         np.testing.assert_array_equal(some_probs, probs)
         assert calls == ([nets] if nets else [])
+
+
+def test_face_api_scores_gender_and_age_on_the_expression_networks_crop(scorer: FaceScorer, faces: torch.Tensor) -> None:
+    from pipeline.models.face_age_gender import AgeGenderClassifier
+
+    assert scorer.age_gender == "faceapi" and scorer.adience is None  # the default
+    scores = scorer.score(faces)
+    with torch.no_grad():
+        landmarks, _ = scorer.landmarker(faces)
+        age, female = AgeGenderClassifier()(faces, expression_boxes(landmarks))
+    np.testing.assert_allclose(scores.attribute("p_female"), female.numpy(), atol=1e-5)
+    np.testing.assert_allclose(scores.attribute("age"), age.numpy(), atol=1e-3)
+    assert {r["name"] for r in scorer.provenance() if r["role"] in ("gender", "age")} == {"face-api-age-gender"}
+    _, described = scorer.describe(faces, attributes=["hair_lightness"])  # the network is not run for others
+    assert np.isnan(described[:, ATTRIBUTE_NAMES.index("age")]).all()
+    unscored = load_scorer("cpu", False)
+    assert np.isnan(unscored.score(faces[:2]).attribute("p_female")).all()
+    assert not {"gender", "age"} & {r["role"] for r in unscored.provenance()}
 
 
 def test_different_faces_differ(scorer: FaceScorer, faces: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PreservationWeights, RunConfig
+from pipeline.config import GENDER_AGE_ASSETS, PreservationWeights, RunConfig
 from pipeline.errors import CheckpointError, ConfigError
 
 REPORT_FILE = "discovery.json"
@@ -50,6 +50,25 @@ def require_generator(report: dict[str, Any], directory: Path, sha256: str) -> N
             f"{directory}: its directions and editors were made for the generator with SHA-256 "
             f"{made_for[:16]}..., this run's generator is {sha256[:16]}...; run `exprlock discover` and "
             "`exprlock train-editor` for this generator, or set edits.directory to its models"
+        )
+
+
+def require_gender_age_scorer(report: dict[str, Any], directory: Path, config: RunConfig) -> None:
+    """Refuse gender and age directions, thresholds and editors fitted on another scorer's scores:
+    each model has its own scale (face-api's age regression is not Adience's bucket average)."""
+    edited = [a for a in config.edits.attributes if a in ("gender", "age")]
+    if not edited or not config.scoring.attributes:
+        return
+    made_with = {r["role"]: r["name"] for r in report.get("provenance", {}).get("scorers", []) if r["role"] in edited}
+    wanted = GENDER_AGE_ASSETS[config.scoring.age_gender]
+    differ = {role: name for role, name in made_with.items() if name != wanted[role]}
+    if differ:
+        role, name = next(iter(differ.items()))
+        raise ConfigError(
+            f"{directory}: its {role} direction and editors were made with {role} scores of {name}, this run scores "
+            f"{role} with {wanted[role]} (scoring.age_gender: {config.scoring.age_gender}); run `exprlock discover` and "
+            "`exprlock train-editor` with this config into another edits.directory, or set scoring.age_gender to the "
+            "models' scorer"
         )
 
 

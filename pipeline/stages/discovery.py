@@ -85,9 +85,31 @@ def sample_shard_plan(config: RunConfig) -> list[tuple[Path, range]]:
 def ensure_sample_shard(config: RunConfig, index: int, generator: FaceGenerator, scorer: FaceScorer) -> Path:
     """Sample and score one shard unless its file exists (so discovery resumes)."""
     path, seeds = sample_shard_plan(config)[index]
-    if not path.exists():
-        write_samples(sample_shard(generator, scorer, seeds, config.batch_size_on(generator.device.type)), path)
+    if path.exists():
+        check_sample_scorer(path, config)
+    else:
+        samples = sample_shard(generator, scorer, seeds, config.batch_size_on(generator.device.type))
+        write_samples(samples, path, age_gender=age_gender_scorer(config))
     return path
+
+
+def age_gender_scorer(config: RunConfig) -> str:
+    """The gender and age model a config's samples are scored with ("none" without attributes)."""
+    return config.scoring.age_gender if config.scoring.attributes else "none"
+
+
+def check_sample_scorer(path: Path, config: RunConfig) -> None:
+    """Refuse samples whose gender and age scores came from another model than the config's:
+    directions and thresholds fitted on one model's scale are wrong on another's."""
+    with np.load(path) as data:
+        found = str(data["age_gender"]) if "age_gender" in data.files else "adience"  # files written before the choice
+    wanted = age_gender_scorer(config)
+    if found != wanted:
+        raise ConfigError(
+            f"{path}: discovery samples scored for gender and age by {found}, but this config scores with {wanted} "
+            f"(scoring.age_gender); delete {path.parent} or set edits.directory to another folder, then rerun "
+            "`exprlock discover`"
+        )
 
 
 def collect_samples_on_disk(config: RunConfig) -> Samples:
@@ -99,13 +121,17 @@ def collect_samples_on_disk(config: RunConfig) -> Samples:
             f"{paths[0].parent}: discovery samples {', '.join(missing[:3])} missing; "
             "run `exprlock discover` with this config first"
         )
+    for path in paths:
+        check_sample_scorer(path, config)
     parts = [read_samples(p) for p in paths]
     return Samples(*(np.concatenate([getattr(p, f) for p in parts]) for f in Samples.__dataclass_fields__))
 
 
-def write_samples(samples: Samples, path: Path) -> Path:
+def write_samples(samples: Samples, path: Path, *, age_gender: str) -> Path:
+    """One samples file, with the name of the model that scored gender and age."""
     buffer = io.BytesIO()
-    np.savez(buffer, format=SAMPLES_FORMAT, **{name: getattr(samples, name) for name in Samples.__dataclass_fields__})
+    np.savez(buffer, format=SAMPLES_FORMAT, age_gender=np.array(age_gender),
+             **{name: getattr(samples, name) for name in Samples.__dataclass_fields__})  # fmt: skip
     write_atomic(buffer.getvalue(), path)
     return path
 

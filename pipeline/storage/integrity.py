@@ -58,11 +58,14 @@ class Verification:
 
 
 def run_config(run_dir: Path) -> RunConfig:
-    """The config a run was made with, from its record."""
+    """The config a run was made with, from its record. A record written before the gender and
+    age scorer could be chosen means the Adience nets, which every run used then."""
     record = Path(run_dir) / CONFIG_FILE
     try:
-        return parse_config(json.loads(record.read_text())["config"], source=str(record))
-    except (OSError, ValueError, KeyError) as error:
+        config = json.loads(record.read_text())["config"]
+        config.setdefault("scoring", {}).setdefault("age_gender", "adience")
+        return parse_config(config, source=str(record))
+    except (OSError, ValueError, KeyError, AttributeError) as error:
         raise ManifestError(f"{record}: not a readable run record ({error}); is {run_dir} a run directory?") from None
 
 
