@@ -90,6 +90,7 @@ def instrument(clock: StageClock, config: RunConfig, device: str) -> None:
     from pipeline.models.adience import AdienceGenderAge
     from pipeline.models.detector import FaceDetector
     from pipeline.models.emotion import EmotionClassifier
+    from pipeline.models.face_age_gender import AgeGenderClassifier
     from pipeline.models.face_expression import FaceExpressionClassifier
     from pipeline.models.facemesh import FaceMeshLandmarker
     from pipeline.models.identity import IdentityEncoder
@@ -103,6 +104,7 @@ def instrument(clock: StageClock, config: RunConfig, device: str) -> None:
         (IdentityEncoder, "forward", "identity (SFace)"),
         (FaceDetector, "detect", "detector (YuNet)"),
         (AdienceGenderAge, "predict", "gender and age (Adience)"),
+        (AgeGenderClassifier, "forward", "gender and age (face-api)"),
         (pipeline.scoring, "colour_attributes", "attributes (colour, pose)"),
         (pipeline.scoring, "head_pose", "attributes (colour, pose)"),
         (Editing, "apply", "edits"),
