@@ -17,7 +17,7 @@ from prefect.runtime import task_run
 
 from flows.artifacts import Progress, artifact_key, label_flow_run
 from pipeline.config import PreservationWeights, load_config, parse_config
-from pipeline.stages.discovery import collect_samples_on_disk
+from pipeline.stages.discovery import training_latents
 from pipeline.editing.training import TrainingProgress
 from pipeline.generators.factory import load_run_generator, resolve_device
 from pipeline.stages.train_editors import required_editors, train_editor
@@ -43,8 +43,8 @@ def train_editor_task(config: dict[str, Any], attribute: str, weights: dict[str,
                         {k: round(v, 4) for k, v in progress.losses.items()})
 
     preservation = PreservationWeights(**weights)
-    samples = collect_samples_on_disk(settings)
-    path = train_editor(settings, generator, samples, attribute, preservation, callback=report)
+    latents = training_latents(settings, generator)
+    path = train_editor(settings, generator, latents, attribute, preservation, callback=report)
     if curve:  # empty when the editor was already trained
         create_table_artifact(table=curve, key=artifact_key(settings.run_id, "editor", attribute, preservation.slug),
                               description=f"loss per step of the {attribute} editor ({preservation.slug})")

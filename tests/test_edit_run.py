@@ -65,7 +65,7 @@ def train_models(config: RunConfig, generator: FaceGenerator) -> None:
     samples = collect_samples_on_disk(config)
     discover(config, samples, provenance={"generator": "test"})
     for attribute, weights in required_editors(config):
-        train_editor(config, generator, samples, attribute, weights)
+        train_editor(config, generator, samples.latents, attribute, weights)
 
 
 @pytest.mark.slow

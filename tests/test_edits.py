@@ -13,7 +13,7 @@ import torch
 
 from data_schemas import Col
 from pipeline.config import PreservationWeights, parse_config
-from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard
+from pipeline.stages.discovery import collect_samples_on_disk, discover, ensure_sample_shard, training_latents
 from pipeline.editing.plan import EditSpec, plan_edits
 from pipeline.edits import Editing, attribute_reached, edit_directions
 from pipeline.editing.editor import load_editor, save_editor
@@ -54,7 +54,7 @@ def editing(tmp_path_factory: pytest.TempPathFactory) -> Editing:
     samples = collect_samples_on_disk(config)
     discover(config, samples, provenance={})
     assert required_editors(config) == [("gender", BASE)]
-    train_editor(config, generator, samples, "gender", BASE)
+    train_editor(config, generator, samples.latents, "gender", BASE)
     assert editor_path(directory, "gender", BASE).is_file()
     return Editing(config, generator)
 
@@ -129,14 +129,26 @@ def test_a_saved_editor_is_kept_only_if_trained_as_the_config_says(editing: Edit
     samples = collect_samples_on_disk(config)
     path = editor_path(editing.directory, "gender", BASE)
     before = path.read_bytes()
-    assert train_editor(config, generator, samples, "gender", BASE) == path
+    assert train_editor(config, generator, samples.latents, "gender", BASE) == path
     assert path.read_bytes() == before
     longer = config.model_copy(update={"training": config.training.model_copy(update={"steps": 31})})
-    with pytest.raises(CheckpointError, match=r"gender-lambda0.safetensors: this editor was trained with other training"):
-        train_editor(longer, generator, samples, "gender", BASE)
+    with pytest.raises(CheckpointError, match=r"gender-lambda0.safetensors: this editor was trained with other inputs than "
+                       r"this config and its discovery results give: training.steps is 30 in the editor, 31 here; delete it"):
+        train_editor(longer, generator, samples.latents, "gender", BASE)
     fewer = dataclasses.replace(samples, latents=samples.latents[:-1], seeds=samples.seeds[:-1])
-    with pytest.raises(CheckpointError, match=r"other inputs than"):
-        train_editor(config, generator, fewer, "gender", BASE)
+    with pytest.raises(CheckpointError, match=r"inputs.latents is SHA-256 [0-9a-f]{12}\.\.\. in the editor, SHA-256 [0-9a-f]{12}\.\.\. here"):
+        train_editor(config, generator, fewer.latents, "gender", BASE)
+    low, high = config.edits.strengths[0], config.edits.strengths[-1]
+    inside = config.model_copy(update={"edits": config.edits.model_copy(update={"strengths": [(low + high) / 2]})})
+    assert train_editor(inside, generator, samples.latents, "gender", BASE) == path  # a strength it was trained for
+    beyond = config.model_copy(update={"edits": config.edits.model_copy(update={"strengths": [high * 2]})})
+    with pytest.raises(CheckpointError, match=r"training.strength_range is \[.*\] in the editor, \[.*\] here"):
+        train_editor(beyond, generator, samples.latents, "gender", BASE)
+    assert training_latents(config, generator).tobytes() == samples.latents.tobytes()  # drawn again, no samples read
+    other = config.model_copy(update={"discovery": config.discovery.model_copy(update={"samples": config.discovery.samples + 1})})
+    with pytest.raises(ConfigError, match=rf"discovery.samples: {config.discovery.samples + 1} in this config, but .*discovery.json "
+                       rf"was fitted on samples {config.discovery.samples}; set discovery.samples: {config.discovery.samples}"):
+        training_latents(other, generator)
     assert path.read_bytes() == before
 
 
@@ -319,7 +331,7 @@ def test_w_plus_latents_are_edited_per_layer(tmp_path: Path) -> None:
     samples = collect_samples_on_disk(config)
     assert samples.latents.shape == (300, *shape)
     discover(config, samples, provenance={})
-    train_editor(config, generator, samples, "gender", BASE)
+    train_editor(config, generator, samples.latents, "gender", BASE)
     editing = Editing(config, generator)
     latents = generator.sample_latents(range(4))
     direction = editing.direction("gender")
@@ -345,7 +357,7 @@ def test_an_edit_restricted_to_layers_moves_only_those(tmp_path: Path) -> None:
     ensure_sample_shard(config, 0, generator, PlantedScorer(generator))
     samples = collect_samples_on_disk(config)
     discover(config, samples, provenance={})
-    train_editor(config, generator, samples, "gender", BASE)
+    train_editor(config, generator, samples.latents, "gender", BASE)
     editing = Editing(config, generator)
     latents = generator.sample_latents(range(4))
     for method in ("linear", "editor"):
@@ -356,8 +368,8 @@ def test_an_edit_restricted_to_layers_moves_only_those(tmp_path: Path) -> None:
     # The editor was trained with the mask: it never moved layer 1, and its file says so.
     assert (editor.displacement(latents)[:, 1] == 0).all()
     unrestricted = parse_config({**settings, "edits": {**settings["edits"], "layers": {}}})
-    with pytest.raises(CheckpointError, match="trained with other layers"):
-        train_editor(unrestricted, generator, samples, "gender", BASE)
+    with pytest.raises(CheckpointError, match=r"layers is \[0, 2\] in the editor, null here"):
+        train_editor(unrestricted, generator, samples.latents, "gender", BASE)
     with pytest.raises(ConfigError, match=r"expected indices in 0..2"):
         Editing(parse_config({**settings, "edits": {**settings["edits"], "layers": {"gender": [3]}}}), generator).layer_mask("gender")
 

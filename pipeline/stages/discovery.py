@@ -29,7 +29,7 @@ import torch
 from data_schemas import EMOTION_LABELS
 from pipeline.config import EDITABLE_ATTRIBUTES, RunConfig
 from pipeline.editing.directions import Direction, fit_direction, save_direction
-from pipeline.editing.files import CLASSIFIER_FILE, REPORT_FILE, direction_path, emotion_name
+from pipeline.editing.files import CLASSIFIER_FILE, REPORT_FILE, direction_path, emotion_name, read_report
 from pipeline.editing.latent_classifier import fit_latent_classifier, save_latent_classifier
 from pipeline.errors import ConfigError
 from pipeline.images import write_atomic
@@ -110,6 +110,30 @@ def check_sample_scorer(path: Path, config: RunConfig) -> None:
             f"(scoring.age_gender); delete {path.parent} or set edits.directory to another folder, then rerun "
             "`exprlock discover`"
         )
+
+
+def training_latents(config: RunConfig, generator: FaceGenerator) -> np.ndarray:
+    """The latents editors train on: discovery's samples, drawn again from their seeds.
+
+    Training needs the latents alone, never their scores, and a seed's latent is the same on
+    every machine, so nothing written by `discover` but its report is needed. The config's sample
+    plan must be the one the report was fitted on, which the refusal names field by field.
+    """
+    report = read_report(config.models_dir)
+    settings = config.discovery
+    planned = {"samples": settings.samples, "first_seed": settings.first_seed}
+    recorded = {"samples": report.get("samples"), "first_seed": (report.get("seeds") or [None])[0]}
+    for field, value in planned.items():
+        if recorded[field] is not None and recorded[field] != value:
+            raise ConfigError(
+                f"discovery.{field}: {value} in this config, but {config.models_dir / 'discovery.json'} was fitted on "
+                f"{field} {recorded[field]}; set discovery.{field}: {recorded[field]} to train editors for these "
+                "directions, or point edits.directory elsewhere"
+            )
+    seeds = range(settings.first_seed, settings.first_seed + settings.samples)
+    batch = config.batch_size_on(generator.device.type)
+    parts = [generator.sample_latents(seeds[start : start + batch]).cpu().numpy() for start in range(0, len(seeds), batch)]
+    return np.concatenate(parts).astype(np.float32)
 
 
 def collect_samples_on_disk(config: RunConfig) -> Samples:

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.config import PreservationWeights, RunConfig
-from pipeline.stages.discovery import Samples
 from pipeline.editing.files import CLASSIFIER_FILE, direction_path, editor_path
 from pipeline.editing.directions import load_direction
 from pipeline.editing.editor import LatentEditor, read_editor_record, save_editor
@@ -46,7 +46,7 @@ def required_editors(config: RunConfig) -> list[tuple[str, PreservationWeights]]
 def train_editor(
     config: RunConfig,
     generator: FaceGenerator,
-    samples: Samples,
+    latents: np.ndarray,
     attribute: str,
     weights: PreservationWeights,
     *,
@@ -68,7 +68,7 @@ def train_editor(
     trainer = EditorTrainer(
         LatentEditor.from_direction(direction, layers=config.edits.layers.get(attribute)).to(device),
         classifier,
-        torch.from_numpy(samples.latents),
+        torch.from_numpy(latents),
         EditorTrainingConfig(
             attribute=attribute,
             steps=settings.steps,
@@ -91,13 +91,38 @@ def train_editor(
 
 
 def require_trained_as(path: Path, record: dict[str, Any]) -> None:
-    """Refuse a saved editor whose training record differs from `record` (steps excepted)."""
-    saved = read_editor_record(path)
-    expected = json.loads(json.dumps(record))
-    keys = ("training", "hfld", "preservation", "layers", "classifier_attributes", "inputs")
-    changed = [key for key in keys if saved.get(key) != expected[key]]
+    """Refuse a saved editor whose training record differs from `record` (steps excepted),
+    naming the first differing field and both values. An editor trained over a range of
+    strengths serves any range inside it: its edits at those strengths are what it learned."""
+    saved = json.loads(json.dumps({key: read_editor_record(path).get(key) for key in _RECORD_KEYS}))
+    expected = json.loads(json.dumps({key: record[key] for key in _RECORD_KEYS}))
+    low, high = expected["training"]["strength_range"]
+    trained_low, trained_high = saved.get("training", {}).get("strength_range") or (None, None)
+    if trained_low is not None and trained_low <= low and high <= trained_high:
+        expected["training"]["strength_range"] = saved["training"]["strength_range"]
+    changed = _differences(saved, expected)
     if changed:
+        field, theirs, ours = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
         raise CheckpointError(
-            f"{path}: this editor was trained with other {', '.join(changed)} than this config and its "
-            "discovery results give; delete it to train it again, or set another edits.directory"
+            f"{path}: this editor was trained with other inputs than this config and its discovery results give: "
+            f"{field} is {_shown(field, theirs)} in the editor, {_shown(field, ours)} here{more}; delete it to train it "
+            "again, or set another edits.directory"
         )
+
+
+_RECORD_KEYS = ("training", "hfld", "preservation", "layers", "classifier_attributes", "inputs")
+
+
+def _differences(saved: Any, expected: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, saved value, expected value) of every leaf that differs."""
+    if isinstance(saved, dict) and isinstance(expected, dict):
+        return [found for key in sorted(set(saved) | set(expected))
+                for found in _differences(saved.get(key), expected.get(key), f"{prefix}{key}.")]  # fmt: skip
+    return [] if saved == expected else [(prefix.rstrip("."), saved, expected)]
+
+
+def _shown(field: str, value: Any) -> str:
+    if field.startswith("inputs."):
+        return f"SHA-256 {str(value)[:12]}..." if value else "none"
+    return json.dumps(value)
