@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import CheckpointError
 from pipeline.images import to_float_images
 from pipeline.models.assets import asset_path
-from pipeline.models.face_api import SeparableConv, face_api_input, pad_same, tfjs_tensors
+from pipeline.models.face_api import SeparableConv, TfjsWeights, face_api_input, pad_same
 
 MEAN_RGB = (122.782, 117.001, 104.298)
 FEATURES = 512
@@ -92,46 +91,25 @@ class AgeGenderNet(nn.Module):
 
 def load_age_gender_net(weights: Path | None = None, manifest: Path | None = None) -> AgeGenderNet:
     """The network with face-api's weights, frozen, in eval mode."""
-    weights = Path(weights or asset_path("face-api-age-gender"))
-    tensors = tfjs_tensors(Path(manifest or asset_path("face-api-age-gender-manifest")), weights, what="age and gender model")
-    state: dict[str, torch.Tensor] = {}
-
-    def take(name: str) -> torch.Tensor:
-        if name not in tensors:
-            raise CheckpointError(f"{weights}: missing tensor {name}")
-        return torch.from_numpy(tensors.pop(name))
-
-    def separable(ours: str, theirs: str) -> None:
-        state[f"{ours}.depthwise.weight"] = take(f"{theirs}/depthwise_filter").permute(2, 3, 0, 1)
-        state[f"{ours}.pointwise.weight"] = take(f"{theirs}/pointwise_filter").permute(3, 2, 0, 1)
-        state[f"{ours}.pointwise.bias"] = take(f"{theirs}/bias")
+    manifest = Path(manifest or asset_path("face-api-age-gender-manifest"))
+    tfjs = TfjsWeights(manifest, Path(weights or asset_path("face-api-age-gender")), what="age and gender model")
 
     def reduction(ours: str, theirs: str) -> None:
-        separable(f"{ours}.separable0", f"{theirs}/separable_conv0")
-        separable(f"{ours}.separable1", f"{theirs}/separable_conv1")
-        state[f"{ours}.expansion.weight"] = take(f"{theirs}/expansion_conv/filters").permute(3, 2, 0, 1)
-        state[f"{ours}.expansion.bias"] = take(f"{theirs}/expansion_conv/bias")
+        tfjs.separable(f"{ours}.separable0", f"{theirs}/separable_conv0")
+        tfjs.separable(f"{ours}.separable1", f"{theirs}/separable_conv1")
+        tfjs.conv(f"{ours}.expansion", f"{theirs}/expansion_conv")
 
-    state["conv_in.weight"] = take("entry_flow/conv_in/filters").permute(3, 2, 0, 1)
-    state["conv_in.bias"] = take("entry_flow/conv_in/bias")
+    tfjs.conv("conv_in", "entry_flow/conv_in")
     for index in range(2):
         reduction(f"reductions.{index}", f"entry_flow/reduction_block_{index}")
     for index in range(MAIN_BLOCKS):
         for conv in range(3):
-            separable(f"main.{index}.separables.{conv}", f"middle_flow/main_block_{index}/separable_conv{conv}")
+            tfjs.separable(f"main.{index}.separables.{conv}", f"middle_flow/main_block_{index}/separable_conv{conv}")
     reduction("exit_reduction", "exit_flow/reduction_block")
-    separable("exit_separable", "exit_flow/separable_conv")
+    tfjs.separable("exit_separable", "exit_flow/separable_conv")
     for head in ("age", "gender"):
-        state[f"{head}.weight"] = take(f"fc/{head}/weights").T
-        state[f"{head}.bias"] = take(f"fc/{head}/bias")
-    if tensors:
-        raise CheckpointError(f"{weights}: unexpected tensors {sorted(tensors)[:3]}")
-    network = AgeGenderNet()
-    try:
-        network.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{weights}: tensor shapes do not fit face-api's age and gender network ({exc})") from None
-    return network.requires_grad_(False).eval()
+        tfjs.dense(head, f"fc/{head}")
+    return tfjs.load_into(AgeGenderNet())
 
 
 class AgeGenderClassifier(nn.Module):

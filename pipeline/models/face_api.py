@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from pipeline.errors import CheckpointError, ImageError
 from pipeline.models.emotion import crop_resize
 
 INPUT_SIZE = 112
+Network = TypeVar("Network", bound=nn.Module)
 
 
 def pad_same(x: torch.Tensor, kernel: int, stride: int, *, value: float = 0.0) -> torch.Tensor:
@@ -75,6 +77,48 @@ def tfjs_tensors(manifest_path: Path, weights_path: Path, *, what: str) -> dict[
     if offset != len(data):
         raise CheckpointError(f"{weights_path}: {len(data) - offset} bytes left after the manifest's tensors")
     return tensors
+
+
+class TfjsWeights:
+    """A face-api network's tfjs tensors, taken one by one into a torch state dict in torch's
+    layout, then loaded into the network; a tensor missing, left over or of the wrong shape is
+    refused naming the weights file."""
+
+    def __init__(self, manifest: Path, weights: Path, *, what: str) -> None:
+        self.weights, self.what = weights, what
+        self.tensors = tfjs_tensors(manifest, weights, what=what)
+        self.state: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            raise CheckpointError(f"{self.weights}: missing tensor {name}")
+        return torch.from_numpy(self.tensors.pop(name))
+
+    def conv(self, ours: str, theirs: str) -> None:
+        """A convolution: `filters` (HWIO) and `bias`."""
+        self.state[f"{ours}.weight"] = self.take(f"{theirs}/filters").permute(3, 2, 0, 1)
+        self.state[f"{ours}.bias"] = self.take(f"{theirs}/bias")
+
+    def separable(self, ours: str, theirs: str) -> None:
+        """A `SeparableConv`: depthwise (H, W, C, 1), pointwise (HWIO) and the pointwise bias."""
+        self.state[f"{ours}.depthwise.weight"] = self.take(f"{theirs}/depthwise_filter").permute(2, 3, 0, 1)
+        self.state[f"{ours}.pointwise.weight"] = self.take(f"{theirs}/pointwise_filter").permute(3, 2, 0, 1)
+        self.state[f"{ours}.pointwise.bias"] = self.take(f"{theirs}/bias")
+
+    def dense(self, ours: str, theirs: str) -> None:
+        """A fully connected layer: `weights` (in, out) and `bias`."""
+        self.state[f"{ours}.weight"] = self.take(f"{theirs}/weights").T
+        self.state[f"{ours}.bias"] = self.take(f"{theirs}/bias")
+
+    def load_into(self, network: Network) -> Network:
+        """`network` with the weights taken, frozen, in eval mode."""
+        if self.tensors:
+            raise CheckpointError(f"{self.weights}: unexpected tensors {sorted(self.tensors)[:3]}")
+        try:
+            network.load_state_dict({k: v.contiguous() for k, v in self.state.items()}, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.weights}: tensor shapes do not fit face-api's {self.what} ({exc})") from None
+        return network.requires_grad_(False).eval()
 
 
 def resize_like_tfjs(x: torch.Tensor, size: int) -> torch.Tensor:

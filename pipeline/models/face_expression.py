@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import CheckpointError
 from pipeline.images import to_float_images
 from pipeline.models.assets import asset_path
-from pipeline.models.face_api import SeparableConv, face_api_input, pad_same, tfjs_tensors
+from pipeline.models.face_api import SeparableConv, TfjsWeights, face_api_input, pad_same
 
 FACE_API_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
 # For each FER2013 label, the index of the same expression among face-api's outputs.
@@ -92,35 +91,17 @@ class FaceExpressionNet(nn.Module):
 
 def load_face_expression_net(weights: Path | None = None, manifest: Path | None = None) -> FaceExpressionNet:
     """The network with face-api's weights, frozen, in eval mode."""
-    weights = Path(weights or asset_path("face-api-expression"))
-    tensors = tfjs_tensors(Path(manifest or asset_path("face-api-expression-manifest")), weights, what="face expression model")
-    state: dict[str, torch.Tensor] = {}
-
-    def take(name: str) -> torch.Tensor:
-        if name not in tensors:
-            raise CheckpointError(f"{weights}: missing tensor {name}")
-        return torch.from_numpy(tensors.pop(name))
-
+    manifest = Path(manifest or asset_path("face-api-expression-manifest"))
+    tfjs = TfjsWeights(manifest, Path(weights or asset_path("face-api-expression")), what="face expression model")
     for b in range(len(WIDTHS)):
         for c in range(CONVS_PER_BLOCK):
             ours, theirs = f"blocks.{b}.convs.{c}", f"dense{b}/conv{c}"
             if b == 0 and c == 0:
-                state[f"{ours}.conv.weight"] = take(f"{theirs}/filters").permute(3, 2, 0, 1)
-                state[f"{ours}.conv.bias"] = take(f"{theirs}/bias")
-                continue
-            state[f"{ours}.depthwise.weight"] = take(f"{theirs}/depthwise_filter").permute(2, 3, 0, 1)
-            state[f"{ours}.pointwise.weight"] = take(f"{theirs}/pointwise_filter").permute(3, 2, 0, 1)
-            state[f"{ours}.pointwise.bias"] = take(f"{theirs}/bias")
-    state["fc.weight"] = take("fc/weights").T
-    state["fc.bias"] = take("fc/bias")
-    if tensors:
-        raise CheckpointError(f"{weights}: unexpected tensors {sorted(tensors)[:3]}")
-    network = FaceExpressionNet()
-    try:
-        network.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{weights}: tensor shapes do not fit face-api's expression network ({exc})") from None
-    return network.requires_grad_(False).eval()
+                tfjs.conv(f"{ours}.conv", theirs)
+            else:
+                tfjs.separable(ours, theirs)
+    tfjs.dense("fc", "fc")
+    return tfjs.load_into(FaceExpressionNet())
 
 
 class FaceExpressionClassifier(nn.Module):
