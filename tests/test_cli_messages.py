@@ -132,3 +132,18 @@ def test_evaluate_writes_into_the_run_and_never_over_files_it_did_not_write(
 def test_label_report_needs_an_out_folder(tmp_path: Path) -> None:
     result = runner.invoke(app, ["label-report", "--config", "configs/labels.yaml"])
     assert result.exit_code == 2 and "--out" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "paths"),
+    [("generate", ["configs/demo.yaml", "runs/demo", "tcp://10.0.0.5:8786"]),
+     ("export", ["runs/demo", "exports/demo", "split/label/", "LICENSE.md"]),
+     ("evaluate", ["runs/experiment", "RUN/evaluation"])],
+)  # fmt: skip
+def test_help_off_a_terminal_never_breaks_a_path_or_a_word(command: str, paths: list[str]) -> None:
+    narrow = runner.invoke(app, [command, "--help"], env={"COLUMNS": "60"}, terminal_width=60)
+    assert narrow.exit_code == 0, narrow.output
+    words = narrow.output.split()
+    for path in paths:
+        assert any(path in word for word in words), path  # whole, on one line
+    assert not [word for word in words if word.endswith("-") and not word.startswith("-")]
